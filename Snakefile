@@ -1,0 +1,25 @@
+# mmablate — the ablation studies of four multimodal-alignment papers, end to end.
+#   snakemake --cores 8 all                                      (tiny scale: the default)
+#   snakemake --cores 8 all --configfile config/scales/smoke.yaml
+# Logic lives in src/mmablate (every rule calls `python -m mmablate ...`); see README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/world.smk"
+include: "workflow/rules/rankclip.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        P.targets(),
+    default_target: True

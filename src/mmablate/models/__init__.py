@@ -1,0 +1,1 @@
+"""Model construction shared by the studies."""

@@ -1,0 +1,1 @@
+"""Results: the tidy metrics table, paper-style tables and figures."""

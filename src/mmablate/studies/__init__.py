@@ -1,0 +1,1 @@
+"""One package per study: its losses, training loop and study-specific stages."""

@@ -1,0 +1,1 @@
+"""RankCLIP: CLIP pretraining with list-wise ranking-consistency losses (plan 003)."""

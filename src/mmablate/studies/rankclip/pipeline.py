@@ -1,0 +1,86 @@
+"""RankCLIP's place in the pipeline: its ablatable parts, metrics and stages (light imports only)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ...errors import ConfigError
+from .losses_meta import DECAY_LABELS
+
+TITLE = "RankCLIP: Ranking-Consistent Language-Image Pretraining"
+ABLATABLE = {
+    "loss.rank_weight": "ranking-consistency loss weight λ (in-modal and cross-modal)",
+    "loss.decay": "positional decay µ(k) of the list-wise ranking loss",
+}
+METRICS = {
+    "zeroshot_top1": {"label": "Zero-shot Top-1 Accuracy", "unit": "%", "higher_is_better": True},
+    "zeroshot_top3": {"label": "Zero-shot Top-3 Accuracy", "unit": "%", "higher_is_better": True},
+    "zeroshot_top5": {"label": "Zero-shot Top-5 Accuracy", "unit": "%", "higher_is_better": True},
+}
+
+
+def dataset_name(scfg: dict, scale: str) -> str:
+    return scfg["eval"]["dataset_name"]
+
+
+def check_value(key: str, value) -> None:
+    if key == "loss.rank_weight":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            raise ValueError(f"rank_weight must be a finite number ≥ 0, got {value!r}")
+    elif key == "loss.decay":
+        if value not in DECAY_LABELS:
+            raise ValueError(f"unknown decay {value!r}; known: {sorted(DECAY_LABELS)}")
+
+
+def validate(scfg: dict, where: str) -> None:
+    for key in ABLATABLE:
+        from ...util import get_path
+
+        try:
+            check_value(key, get_path(scfg, key))
+        except ValueError as e:
+            raise ConfigError(f"{where}.{key}: {e}") from None
+    tc = scfg["train"]
+    if tc["warmup"] >= tc["steps"] and tc["steps"] > 1:
+        raise ConfigError(f"{where}.train.warmup: {tc['warmup']} must be below train.steps "
+                          f"{tc['steps']}")
+    data = scfg["data"]
+    if data["source"] == "files":
+        for k in ("root", "eval_root"):
+            if not Path(data.get(k, "")).is_dir():
+                raise ConfigError(f"{where}.data.{k}: {data.get(k)!r} is not a directory")
+
+
+def label(key: str, value) -> str:
+    if key == "loss.decay":
+        return DECAY_LABELS[value]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def data_dirs(P, scfg: dict) -> tuple[str, str]:
+    """(training data root, evaluation data root): the world's output or real dataset roots."""
+    data = scfg["data"]
+    if data["source"] == "world":
+        d = P.world(P.config["world"])
+        return d, d
+    return data["root"], data["eval_root"]
+
+
+def train_config(P, scfg: dict) -> tuple[str, dict]:
+    """The CLIP pretraining stage config; λ = 0 makes the decay irrelevant (normalised away)."""
+    loss = dict(scfg["loss"])
+    if loss["rank_weight"] == 0:
+        loss["decay"] = None
+    root, _ = data_dirs(P, scfg)
+    cfg = {"model": scfg["model"], "train": scfg["train"], "loss": loss,
+           "data": {"root": root, "train_csv": scfg["data"]["train_csv"]}}
+    return P.add_stage("rankclip_train", cfg), cfg
+
+
+def variant(P, vcfg: dict) -> tuple[str, dict]:
+    th, _ = train_config(P, vcfg)
+    _, eval_root = data_dirs(P, vcfg)
+    eh = P.add_stage("rankclip_eval", {"train": th, "model": vcfg["model"], "eval": vcfg["eval"],
+                                       "data": {"root": eval_root}})
+    return th, {s: f"{P.results}/rankclip/eval/{eh}/s{s}/metrics.json" for s in P.seeds}

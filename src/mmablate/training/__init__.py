@@ -1,0 +1,1 @@
+"""Training machinery shared by the studies: checkpoints, schedules, threads, logging."""

@@ -1,0 +1,1 @@
+"""The synthetic world the tiny and smoke scales run on."""

@@ -1,0 +1,17 @@
+# Shared by every module: resolves the config into variants and stage configs (mmablate.pipeline).
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from mmablate.pipeline import Pipeline, sources
+
+P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
+R = P.results
+ENV = "../../envs/mmablate.yaml"
+# Stages that train or run models ask for a GPU where one is configured (profiles/slurm, gpus: N).
+GPU = int(config.get("gpus", 0))
+
+
+def stage_input(stage):
+    """The resolved stage config of job {h}: an input, so an edit of its content reruns it."""
+    return lambda w: P.config_path(stage, w.h)

@@ -1,0 +1,46 @@
+def rankclip_world(w):
+    """The world summary a training job needs (nothing when the data are real files)."""
+    root = P.stage("rankclip_train", w.h)["data"]["root"]
+    return [f"{root}/summary.json"] if root.startswith(f"{R}/world/") else []
+
+
+rule rankclip_train:
+    input:
+        cfg=stage_input("rankclip_train"),
+        world=rankclip_world,
+        src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py",
+                    "models", "data/imagetext.py", "training"),
+    output:
+        f"{R}/rankclip/train/{{h}}/s{{seed}}/model.pt",
+    log:
+        f"logs/rankclip/train/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/rankclip/train/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate rankclip-train --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule rankclip_eval:
+    input:
+        cfg=stage_input("rankclip_eval"),
+        model=lambda w: f"{R}/rankclip/train/{P.stage('rankclip_eval', w.h)['train']}/s{w.seed}/model.pt",
+        src=sources("studies/rankclip/evaluate.py", "metrics/zeroshot.py", "models",
+                    "data/imagetext.py"),
+    output:
+        f"{R}/rankclip/eval/{{h}}/s{{seed}}/metrics.json",
+    log:
+        f"logs/rankclip/eval/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/rankclip/eval/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    conda:
+        ENV
+    shell:
+        "python -m mmablate rankclip-eval --config {input.cfg} --model {input.model}"
+        " --seed {wildcards.seed} --out {output} --threads {threads} > {log} 2>&1"
