@@ -107,7 +107,11 @@ class Pipeline:
             where = f"studies.{study}.ablations[{k}]"
             a = Ablation(study, ab["id"], ab.get("part", ""), ab["key"], list(ab["metrics"]))
             base_value = get_path(scfg, ab["key"])
-            for value in ab["values"]:
+            values = list(ab["values"])
+            if not any(canonical(v) == canonical(base_value) for v in values):
+                # A plan may list only the replacements; the baseline row is always shown.
+                values.insert(0, base_value)
+            for value in values:
                 vcfg = copy.deepcopy(scfg)
                 set_path(vcfg, ab["key"], value)
                 h, evals = mod.variant(self, vcfg)

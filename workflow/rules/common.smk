@@ -2,7 +2,12 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+import os
+
+SRC_DIR = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC_DIR)
+# Jobs run this workflow's own package, whether or not (or wherever) it is pip-installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))
 from mmablate.pipeline import Pipeline, sources
 
 P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
