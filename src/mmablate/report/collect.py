@@ -46,7 +46,7 @@ def write_rows(path, rows) -> None:
 def concat(inputs, out_csv) -> int:
     import pandas as pd
 
-    frames = [pd.read_csv(p, dtype={"chance": "object"}) for p in inputs]
+    frames = [pd.read_csv(p, dtype={"chance": "object", "variant": str}) for p in inputs]
     df = pd.concat(frames, ignore_index=True)[COLUMNS] if frames else pd.DataFrame(columns=COLUMNS)
     df.to_csv(out_csv, index=False)
     return len(df)

@@ -14,7 +14,7 @@ def make_figure(ablation_cfg_path, metrics_csv, out_png, out_pdf) -> None:
     import pandas as pd
 
     ab = read_json(ablation_cfg_path)
-    df = pd.read_csv(metrics_csv)
+    df = pd.read_csv(metrics_csv, dtype={"variant": str})
     recs = summarise(ab, df)
     variants = [r for r in recs if r["kind"] == "variant"]
     refs = [r for r in recs if r["kind"] != "variant"]

@@ -6,7 +6,7 @@ def summarise(ab: dict, df):
     """One record per row of the ablation: {label, is_baseline, kind, n, <metric>: (mean, std)}."""
     out = []
     for r in ab["rows"]:
-        sub = df[df["variant"] == r["label"]]
+        sub = df[df["variant"].astype(str) == str(r["label"])]
         rec = {"label": r["label"], "is_baseline": r["is_baseline"], "kind": r.get("kind", "variant"),
                "n": int(sub["seed"].nunique())}
         for m in ab["metrics"]:

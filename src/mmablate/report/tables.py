@@ -45,7 +45,7 @@ def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> Non
     import pandas as pd
 
     ab = read_json(ablation_cfg_path)
-    df = pd.read_csv(metrics_csv)
+    df = pd.read_csv(metrics_csv, dtype={"variant": str})
     recs = summarise(ab, df)
     best = _best(ab, recs)
     heads = [f"{m['label']} ({m['unit']})" if m.get("unit") else m["label"] for m in ab["metrics"]]

@@ -31,10 +31,11 @@ def list_checkpoints(ckpt_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest(ckpt_dir, log=sys.stderr) -> dict | None:
+def load_latest(ckpt_dir, log=None) -> dict | None:
     """The newest checkpoint that loads; a truncated or corrupt one is reported and skipped."""
     import torch
 
+    log = log or sys.stderr
     for path in reversed(list_checkpoints(ckpt_dir)):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)

@@ -81,7 +81,7 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
             model.logit_scale.clamp_(0, 4.6052)
         if step % tc.get("log_every", 10) == 0 or step == tc["steps"] - 1:
             row = {"step": step, "lr": sched.get_last_lr()[0]}
-            row.update({k: float(v) for k, v in losses.items()})
+            row.update({k: float(v.detach()) for k, v in losses.items()})
             log_rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         done = step + 1
