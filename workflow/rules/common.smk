@@ -2,12 +2,10 @@
 import sys
 from pathlib import Path
 
-import os
-
 SRC_DIR = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC_DIR)
 # Jobs run this workflow's own package, whether or not (or wherever) it is pip-installed.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))
+shell.prefix(f'export PYTHONPATH="{SRC_DIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 from mmablate.pipeline import Pipeline, sources
 
 P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
@@ -20,3 +18,13 @@ GPU = int(config.get("gpus", 0))
 def stage_input(stage):
     """The resolved stage config of job {h}: an input, so an edit of its content reruns it."""
     return lambda w: P.config_path(stage, w.h)
+
+
+def world_input(stage):
+    """The world summary a job of `stage` needs (nothing when its data are real files)."""
+
+    def f(w):
+        root = P.stage(stage, w.h)["data"]["root"]
+        return [f"{root}/summary.json"] if root.startswith(f"{R}/world/") else []
+
+    return f

@@ -1,13 +1,7 @@
-def rankclip_world(w):
-    """The world summary a training job needs (nothing when the data are real files)."""
-    root = P.stage("rankclip_train", w.h)["data"]["root"]
-    return [f"{root}/summary.json"] if root.startswith(f"{R}/world/") else []
-
-
 rule rankclip_train:
     input:
         cfg=stage_input("rankclip_train"),
-        world=rankclip_world,
+        world=world_input("rankclip_train"),
         src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py",
                     "models", "data/imagetext.py", "training"),
     output:
