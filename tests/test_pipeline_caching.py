@@ -104,3 +104,9 @@ def test_editing_the_ranking_loss_reruns_training_and_what_follows(done):
 def test_editing_the_table_code_reruns_only_tables(done):
     assert _edit_and_plan(done, "report/tables.py") == {"table": 2, "all": 1}
     assert planned(done) == {}
+
+
+def test_report_gathers_tables_and_figures(done):
+    snakemake(done, "--report", "report.html")
+    html = (done / "report.html").read_text(errors="replace")
+    assert "rankclip__decay" in html and "rankclip__rank_weight" in html
