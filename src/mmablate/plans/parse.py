@@ -185,8 +185,9 @@ def resolve(raw: RawPlan) -> Plan:
                                        f"paper and so the study. Known studies: {known_studies()}")])
     sid, why = study_of(raw.title.text)
     if sid is None:
-        raise PlanError(raw.path, [(raw.title.line, f"title {raw.title.text!r} names no known study"
-                                    f" ({why}); known studies: {known_studies()}")])
+        raise PlanError(raw.path, [(raw.title.line, f"title {raw.title.text!r} "
+                                    + ("names no known study" if why == "none" else f"is {why}")
+                                    + f"; known studies: {known_studies()}")])
     spec = REGISTRY[sid]
     if not raw.ablations:
         problems.append((raw.title.line, "no ablation blocks found (expected '- **Ablated Part**: "
