@@ -100,6 +100,10 @@ class Pipeline:
             elif "ablations" in scfg:
                 notes.append(f"plan(s) {names}: studies.{study}.ablations is set in the config "
                              "and overrides the plans")
+            elif "plan" in scfg and scfg["plan"] != "+".join(Path(f).name.split("_")[0]
+                                                            for f in srcs):
+                notes.append(f"studies.{study}.plan is {scfg['plan']!r} but the plans naming "
+                             f"{study} are {names}; those are what runs")
         return ps, notes
 
     def where(self, key: str) -> str:
@@ -245,7 +249,11 @@ def validate(config: dict, configfiles=("<config>",), ablations: dict | None = N
             continue
         mod = study_module(study)
         ids = set()
-        abls = scfg.get("ablations", []) if ablations is None else ablations.get(study, [])
+        if ablations is None:  # callers without a Pipeline: the plans in the config's plans_dir
+            from .plans.load import load_plans, plan_files
+
+            ablations = effective_ablations(config, load_plans(plan_files(plans_dir(config))))
+        abls = ablations.get(study, [])
         if not abls:
             raise ConfigError(f"{where}: studies.{study}: enabled but has no ablations: no plan "
                               f"in {plans_dir(config)} names this study and the config lists "

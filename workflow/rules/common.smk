@@ -11,6 +11,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC_DIR, os.environ.get
 from mmablate.pipeline import Pipeline, sources
 
 P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
+for _note in P.notes:  # plans skipped (study disabled / not in this checkout) or overridden
+    print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results
 ENV = "../../envs/mmablate.yaml"
 # Stages that train or run models ask for a GPU where one is configured (profiles/slurm, gpus: N).
