@@ -184,3 +184,20 @@ def test_dropped_plan_reaches_the_dag(tmp_path):
     r = subprocess.run(["snakemake", "-n", "--cores", "1", "all"], cwd=wf, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0 and "011_bad.md:8:" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_dropped_plan_runs_end_to_end(tmp_path):
+    """Drop a plan in, run `snakemake all` (smoke scale): its table and figure are produced."""
+    wf = copy_workflow(tmp_path)
+    for f in (wf / "config/plans").glob("003_*"):
+        f.unlink()
+    (wf / "config/plans/010_bigger_weight.md").write_text(NEW_PLAN, encoding="utf-8")
+    r = subprocess.run(["snakemake", "--cores", "2", "all", "--configfile", "config/config.yaml",
+                        "config/scales/smoke.yaml"], cwd=wf, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = (wf / "results/tables/rankclip__rank_weight.md").read_text()
+    assert "0.5" in table and "0.0625" in table and "Top-5" in table and "Top-3" not in table
+    assert (wf / "results/figures/rankclip__rank_weight.png").is_file()
+    assert not (wf / "results/tables/rankclip__decay.md").exists()
