@@ -199,3 +199,24 @@ def test_inline_values_and_phrasing(tmp_path):
     assert (plan.study, a.id, a.values, a.metrics) == \
         ("rankclip", "rank_weight", [0.0, 0.03125, 0.5], ["zeroshot_top1", "zeroshot_top5"])
     assert plan.notes and "REPLACE assumed" in plan.notes[0][1]
+
+
+@pytest.mark.parametrize("study,text,part", [
+    ("rankclip", "weight of the ranking losses", "rank_weight"),
+    ("rankclip", "the lambda coefficient", "rank_weight"),
+    ("rankclip", "Ranking-loss weights (in-modal / cross-modal)", "rank_weight"),
+    ("rankclip", "positional decay in the listwise loss", "decay"),
+    ("pcclip", "which encoders are finetuned", "encoders"),
+    ("pcclip", "operation combining the two image embeddings", "combine"),
+    ("pcclip", "LLM that writes the difference captions", "captioner"),
+    ("pcclip", "finetuning objective / loss function", "loss"),
+    ("pairrank", "pair-quality metric", "quality"),
+    ("pairrank", "fraction of data selected", "threshold"),
+    ("mmalign", "gamma in BDHS", "gamma"),
+    ("mmalign", "offline/online mix ratio", "mix_p"),
+])
+def test_parts_matched_robustly(study, text, part):
+    from mmablate.plans.text import best_match
+
+    spec = REGISTRY[study]
+    assert best_match({p.id: p.phrases for p in spec.parts}, text) == (part, None)
