@@ -69,6 +69,8 @@ def cmd_check_config(a):
     for f in a.configfiles:
         _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
     P = Pipeline(cfg, a.configfiles, write=False)
+    for note in P.notes:
+        print(f"note: {note}")
     for ab in P.ablations:
         print(f"{ab.name}: key {ab.key}")
         for r in ab.rows:
@@ -121,6 +123,10 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{k}", required=True)
     s.set_defaults(fn=cmd_figure)
 
+    from .plans.cli import register as register_plan
+
+    register_plan(sub)  # `plan check|show FILE...`
+
     s = sub.add_parser("check-config", help="validate config files and list the variants")
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
@@ -130,8 +136,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
-        a.fn(a)
+        rc = a.fn(a)
     except MMAblateError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0

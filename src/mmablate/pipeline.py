@@ -5,6 +5,9 @@ open_clip). It
 
 1. validates the merged config against ``workflow/schemas/config.schema.yaml`` and each
    study's own checks, naming the config file(s) and the key at fault;
+   Each study's ablations come from the plan documents in ``config/plans/`` (mmablate.plans:
+   title → study, ablated part → key, replacements → values) unless its config block lists
+   ``ablations:`` explicitly;
 2. expands each study's ablations into *variants* (the study config with one dotted key
    replaced); each study turns a variant into its stage configs;
 3. hashes every resolved stage config (canonical JSON) — identical configs are one job with one
@@ -56,10 +59,15 @@ class Ablation:
 
 
 class Pipeline:
-    def __init__(self, config: dict, configfiles=(), results: str = "results", write: bool = True):
+    def __init__(self, config: dict, configfiles=(), results: str = "results", write: bool = True,
+                 plans=None):
+        """`plans`: plan files to read; default: every plan in the config's `plans_dir`."""
         self.configfiles = [str(c) for c in configfiles] or ["<config>"]
-        validate(config, self.configfiles)
+        validate_schema(config, self.configfiles)
         self.config = config
+        self.planset, self.notes = self._load_plans(plans)
+        self.study_ablations = effective_ablations(config, self.planset)
+        validate(config, self.configfiles, self.study_ablations)
         self.scale = config["scale"]
         self.seeds = list(range(config["seeds"]))
         self.threads = config.get("threads", 1)
@@ -74,6 +82,29 @@ class Pipeline:
     # ---- config ----------------------------------------------------------------------------
     def enabled_studies(self) -> list[str]:
         return [s for s in STUDIES if self.config["studies"].get(s, {}).get("enabled", False)]
+
+    def _load_plans(self, plans):
+        from .plans.load import load_plans, plan_files
+
+        files = plan_files(plans_dir(self.config)) if plans is None else list(plans)
+        ps = load_plans(files)
+        notes = []
+        for study, srcs in ps.sources.items():
+            names = ", ".join(Path(f).name for f in srcs)
+            scfg = self.config["studies"].get(study)
+            if study not in STUDIES:
+                notes.append(f"plan(s) {names}: study {study} is not available in this checkout "
+                             f"(no package mmablate.studies.{study}); skipped")
+            elif scfg is None or not scfg.get("enabled", False):
+                notes.append(f"plan(s) {names}: study {study} is disabled in the config; skipped")
+            elif "ablations" in scfg:
+                notes.append(f"plan(s) {names}: studies.{study}.ablations is set in the config "
+                             "and overrides the plans")
+            elif "plan" in scfg and scfg["plan"] != "+".join(Path(f).name.split("_")[0]
+                                                            for f in srcs):
+                notes.append(f"studies.{study}.plan is {scfg['plan']!r} but the plans naming "
+                             f"{study} are {names}; those are what runs")
+        return ps, notes
 
     def where(self, key: str) -> str:
         return f"{' + '.join(self.configfiles)}: {key}"
@@ -103,8 +134,7 @@ class Pipeline:
         mod = study_module(study)
         scfg = self.config["studies"][study]
         refs = mod.references(self, scfg) if hasattr(mod, "references") else []
-        for k, ab in enumerate(scfg["ablations"]):
-            where = f"studies.{study}.ablations[{k}]"
+        for k, ab in enumerate(self.study_ablations[study]):
             a = Ablation(study, ab["id"], ab.get("part", ""), ab["key"], list(ab["metrics"]))
             base_value = get_path(scfg, ab["key"])
             values = list(ab["values"])
@@ -171,12 +201,30 @@ def sources(*names: str) -> list[str]:
     return out
 
 
+# ---- plans ---------------------------------------------------------------------------------
+def plans_dir(config: dict) -> Path:
+    """The plans directory: config `plans_dir` (default config/plans), relative to the workflow."""
+    d = Path(config.get("plans_dir", "config/plans"))
+    return d if d.is_absolute() else REPO / d
+
+
+def effective_ablations(config: dict, planset) -> dict:
+    """study → its ablations (config form): the config's explicit list, else its plans'."""
+    out = {}
+    for study, scfg in config["studies"].items():
+        if "ablations" in scfg:
+            out[study] = scfg["ablations"]
+        else:
+            out[study] = planset.by_study.get(study, [])
+    return out
+
+
 # ---- validation ----------------------------------------------------------------------------
 def schema_path() -> Path:
     return REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def validate(config: dict, configfiles=("<config>",)) -> None:
+def validate_schema(config: dict, configfiles=("<config>",)) -> None:
     import jsonschema
     import yaml
 
@@ -188,6 +236,12 @@ def validate(config: dict, configfiles=("<config>",)) -> None:
         lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}"
                  for e in errors[:10]]
         raise ConfigError(f"{where}: invalid config:\n" + "\n".join(lines))
+
+
+def validate(config: dict, configfiles=("<config>",), ablations: dict | None = None) -> None:
+    """Schema + each enabled study's checks; `ablations` (study → list) defaults to the config's."""
+    validate_schema(config, configfiles)
+    where = " + ".join(str(c) for c in configfiles)
     for study, scfg in config["studies"].items():
         if study not in STUDIES:
             raise ConfigError(f"{where}: studies.{study}: unknown study; known: {list(STUDIES)}")
@@ -195,8 +249,18 @@ def validate(config: dict, configfiles=("<config>",)) -> None:
             continue
         mod = study_module(study)
         ids = set()
-        for k, ab in enumerate(scfg["ablations"]):
-            key = f"studies.{study}.ablations[{k}]"
+        if ablations is None:  # callers without a Pipeline: the plans in the config's plans_dir
+            from .plans.load import load_plans, plan_files
+
+            ablations = effective_ablations(config, load_plans(plan_files(plans_dir(config))))
+        abls = ablations.get(study, [])
+        if not abls:
+            raise ConfigError(f"{where}: studies.{study}: enabled but has no ablations: no plan "
+                              f"in {plans_dir(config)} names this study and the config lists "
+                              "none")
+        for k, ab in enumerate(abls):
+            key = (f"studies.{study}.ablations[{k}]" if "ablations" in scfg or ablations is None
+                   else f"plan ablation {study}.{ab['id']} (from {plans_dir(config)})")
             if ab["id"] in ids:
                 raise ConfigError(f"{where}: {key}.id: duplicate ablation id {ab['id']!r}")
             ids.add(ab["id"])

@@ -9,6 +9,8 @@ shell.prefix(f'export PYTHONPATH="{SRC_DIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
 from mmablate.pipeline import Pipeline, sources
 
 P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
+for _note in P.notes:  # plans skipped (study disabled / not in this checkout) or overridden
+    print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results
 ENV = "../../envs/mmablate.yaml"
 # Stages that train or run models ask for a GPU where one is configured (profiles/slurm, gpus: N).
