@@ -8,9 +8,26 @@ from mmablate.pipeline import Pipeline, validate
 from mmablate.util import canonical, config_hash
 
 
+RANKCLIP_ABLATIONS = [
+    {"id": "rank_weight", "key": "loss.rank_weight", "values": [0.0, 0.03125, 0.0625, 0.125, 0.25],
+     "metrics": ["zeroshot_top1", "zeroshot_top3", "zeroshot_top5"]},
+    {"id": "decay", "key": "loss.decay",
+     "values": ["constant", "inv_k", "inv_k_plus_1", "exp_neg_k", "inv_log_k_plus_1"],
+     "metrics": ["zeroshot_top1", "zeroshot_top3", "zeroshot_top5"]},
+]
+
+
 def only(cfg, study="rankclip"):
     for s in cfg["studies"]:
         cfg["studies"][s]["enabled"] = s == study
+    return cfg
+
+
+@pytest.fixture
+def explicit(smoke_config):
+    """The smoke config with RankCLIP's ablations written out (as a user may, overriding plans)."""
+    cfg = only(copy.deepcopy(smoke_config))
+    cfg["studies"]["rankclip"]["ablations"] = copy.deepcopy(RANKCLIP_ABLATIONS)
     return cfg
 
 
@@ -32,8 +49,8 @@ def test_shared_baseline_runs_once(smoke_config):
     assert base_rw[0].evals == base_dec[0].evals
 
 
-def test_lambda_zero_ignores_decay(smoke_config):
-    cfg = only(smoke_config)
+def test_lambda_zero_ignores_decay(explicit):
+    cfg = explicit
     ab = cfg["studies"]["rankclip"]["ablations"]
     ab.append({"id": "other", "key": "loss.rank_weight", "values": [0.0],
                "metrics": ["zeroshot_top1"]})
@@ -69,8 +86,8 @@ def test_hash_ignores_key_order():
     (lambda c: c["studies"]["rankclip"]["ablations"][0].update(key="train.lr"),
      r"'train.lr' cannot be ablated"),
 ])
-def test_bad_config_names_file_and_key(smoke_config, mutate, message):
-    cfg = copy.deepcopy(smoke_config)
+def test_bad_config_names_file_and_key(explicit, mutate, message):
+    cfg = explicit
     mutate(cfg)
     with pytest.raises(ConfigError, match=message) as e:
         validate(cfg, ["config/config.yaml", "my_overlay.yaml"])

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_workflow
+from .conftest import REPO, copy_workflow
 from mmablate.errors import ConfigError
 from mmablate.pipeline import Pipeline
-from test_plans_parse import EXPECTED, PLANS
+from .test_plans_parse import EXPECTED, PLANS
 
 NEW_PLAN = """<div class="trajectory-box">
 # lm-planner/handwritten/RANKCLIP__Ranking_Consistent_Language_Image_Pretraining
