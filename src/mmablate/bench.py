@@ -16,9 +16,10 @@ functions; otherwise the step is written here from the paper's objective):
   64×64 latents, peft LoRA (rank 8) on the attention projections, Diffusion-DPO loss (Wallace et
   al. 2023, Eq. 14 as in diffusers' research example: reference = the UNet with adapters
   disabled).
-* ``mmalign`` — a LLaVA-1.6-7B-shaped `LlavaForConditionalGeneration` (CLIP ViT-L/14-336 vision
+* ``mmalign`` — a LLaVA-7B-shaped `LlavaForConditionalGeneration` (CLIP ViT-L/14-336 vision
   tower, Llama-2-7B-shaped language model, depth reduced with ``--llm-layers`` to fit one GPU),
-  one DPO step (sigmoid loss, β = 0.1) on chosen/rejected answers against a frozen reference copy.
+  one DPO step (sigmoid loss, β = 0.1) on chosen/rejected answers against a frozen reference copy;
+  one 336 px image tile (577 tokens, as LLaVA-1.5; LLaVA-1.6 adds anyres tiles) + 256 text tokens.
 
 Reference loops: open_clip's own step lives in `open_clip_train` and diffusers' Diffusion-DPO step
 in a research script that the diffusers wheel does not ship; when `open_clip_train` is
