@@ -127,15 +127,44 @@ def parser() -> argparse.ArgumentParser:
 
     register_plan(sub)  # `plan check|show FILE...`
 
+    s = sub.add_parser("gpu-status", help="GPU slots held by running jobs on this machine")
+    s.set_defaults(fn=cmd_gpu_status)
+
+    from .bench import add_arguments as bench_args
+
+    s = sub.add_parser("bench", help="time one training step of each study's paper-scale model")
+    bench_args(s)
+    s.set_defaults(fn=cmd_bench)
+
     s = sub.add_parser("check-config", help="validate config files and list the variants")
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
     return p
 
 
+def cmd_gpu_status(a):
+    from .gpu import lock_dir, status, visible_devices
+
+    print(f"devices: {visible_devices() or 'none'}; locks in {lock_dir()}")
+    for dev, holder in status():
+        print(f"  gpu {dev}: {holder or 'free'}")
+
+
+def cmd_bench(a):
+    from .bench import main as bench_main
+
+    bench_main(a)
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
+        if getattr(a, "gpu", False):
+            # A GPU stage: pin this process to a free GPU before torch touches CUDA
+            # (snakemake counts `gpu` resources but never assigns devices; see mmablate.gpu).
+            from .gpu import claim
+
+            claim()
         rc = a.fn(a)
     except MMAblateError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,9 @@ for _note in P.notes:  # plans skipped (study disabled / not in this checkout) o
     print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results
 ENV = "../../envs/mmablate.yaml"
-# Stages that train or run models ask for a GPU where one is configured (profiles/slurm, gpus: N).
+# Stages that train or run models declare `resources: gpu=GPU`: profiles/slurm sets gpus=1, so
+# each asks SLURM for one GPU; locally `--config gpus=1 --resources gpu=<n GPUs>` and the GPU
+# stage's command claims its own device (mmablate.gpu). See docs/slurm.md.
 GPU = int(config.get("gpus", 0))
 
 

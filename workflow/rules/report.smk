@@ -1,4 +1,6 @@
 # Tidy metrics, tables and figures: per ablation, so a changed variant reruns only its tables.
+# Seconds of work each: on a cluster (profiles/slurm) they run on the submitting node.
+localrules: collect, table, figure, metrics_all
 
 
 rule collect:

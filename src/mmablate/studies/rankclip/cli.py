@@ -36,7 +36,7 @@ def register(sub):
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--stop-after", type=int, default=None,
                    help="checkpoint and exit after this many steps (to test resuming)")
-    s.set_defaults(fn=cmd_train)
+    s.set_defaults(fn=cmd_train, gpu=True)  # gpu: claims a free GPU (mmablate.gpu)
 
     s = sub.add_parser("rankclip-eval", help="zero-shot top-1/3/5 of a trained CLIP")
     s.add_argument("--config", required=True)
