@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
-STUDIES = ("rankclip",)
+STUDIES = ("rankclip", "pcclip")
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
 
@@ -281,4 +281,5 @@ def validate(config: dict, configfiles=("<config>",), ablations: dict | None = N
                     mod.check_value(ab["key"], v)
                 except ValueError as e:
                     raise ConfigError(f"{where}: {key}.values[{j}]: {e}") from None
-        mod.validate(scfg, f"{where}: studies.{study}")
+        # the study's own checks see its effective ablations (from plans or the config)
+        mod.validate({**scfg, "ablations": abls}, f"{where}: studies.{study}")

@@ -1,0 +1,362 @@
+"""Difference captioners: a language model writes how the first image differs from the second,
+given only the two images' descriptions (the paper prompts LLaMA-2-13B-chat with two COCO captions).
+
+One backend interface (`Captioner.caption(pairs) -> list[str]`) over transformers, one class per
+model family:
+
+* `CausalCaptioner` — chat/causal LMs (LLaMA-2-chat, the paper's; GPT-family for the GPT-3 row):
+  ``pipeline("text-generation")``; with ``chat: true`` the prompt is sent as a chat message and
+  the tokenizer's chat template is applied (LLaMA-2-chat's ``[INST]`` format);
+* `MaskedCaptioner` — BERT: ``pipeline("fill-mask")`` fills a comparison template
+  ``<prompt> [MASK] … [MASK]`` (all masks decoded at once, as a masked LM does; a filler token
+  marks unused slots);
+* `Seq2SeqCaptioner` — T5: the prompt is encoded, the difference decoded. transformers 5 has no
+  text2text-generation pipeline any more, so this one calls ``model.generate`` directly.
+* `TemplateCaptioner` — writes the ground-truth difference from the pair's known attributes
+  (`mmablate.world.pairs.difference`); the reference against which caption accuracy is measured.
+
+At paper scale each model is loaded by hub id (``from_pretrained``). At the tiny scale no weights
+exist, so `train_captioner` builds a small model of the family from a config
+(LlamaForCausalLM / GPT2LMHeadModel / BertForMaskedLM / T5ForConditionalGeneration) with a
+word-level tokenizer, trains it from scratch on the world's description corpus (pairs of scene
+captions → difference texts) and saves both with ``save_pretrained``, so the same loading code
+serves both scales.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from ...errors import ConfigError, DataError
+
+FAMILIES = {"causal", "masked", "seq2seq", "template"}
+ARCHS = {"llama": "causal", "gpt2": "causal", "bert": "masked", "t5": "seq2seq"}
+FILLER = "<none>"  # the masked LM's filler for unused template slots
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def normalise(text: str) -> str:
+    return " ".join(words(text))
+
+
+def check_captioner(name: str, spec, where: str) -> None:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: captioner {name!r} needs a mapping, got {spec!r}")
+    fam = spec.get("family")
+    if fam not in FAMILIES:
+        raise ConfigError(f"{where}.family: {fam!r} is not a captioner family; known: "
+                          f"{sorted(FAMILIES)}")
+    if fam == "template":
+        return
+    if spec.get("model") is None:
+        arch = spec.get("arch")
+        if ARCHS.get(arch) != fam:
+            raise ConfigError(f"{where}.arch: {arch!r} cannot be trained as a {fam} captioner; "
+                              f"known: {sorted(a for a, f in ARCHS.items() if f == fam)}")
+        if not isinstance(spec.get("size"), dict) or not isinstance(spec.get("train"), dict):
+            raise ConfigError(f"{where}: a captioner trained here (model: null) needs `size` and "
+                              f"`train` blocks")
+    if "{a}" not in spec.get("prompt", "") or "{b}" not in spec.get("prompt", ""):
+        raise ConfigError(f"{where}.prompt: must contain {{a}} and {{b}} (the two descriptions)")
+
+
+# ---- the tiny scale's tokenizer and models ------------------------------------------------------
+def build_tokenizer(texts, family: str):
+    """A word-level fast tokenizer (tokenizers library) over the corpus, in transformers' format."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "[MASK]", "[SEP]", FILLER]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for t in texts:
+        for w in pre_tokenizers.Whitespace().pre_tokenize_str(t.lower()):
+            vocab.setdefault(w[0], len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = None
+    from tokenizers import normalizers
+
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if family == "seq2seq":  # T5 appends </s> to every sequence
+        tk.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                          special_tokens=[("</s>", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<s>", eos_token="</s>", mask_token="[MASK]",
+                                  sep_token="[SEP]")
+    tok.padding_side = "left" if family == "causal" else "right"
+    return tok
+
+
+def build_model(arch: str, size: dict, tok, max_len: int):
+    import transformers as tf
+
+    v = len(tok)
+    h, L, nh = size["hidden"], size["layers"], size["heads"]
+    if arch == "llama":
+        cfg = tf.LlamaConfig(vocab_size=v, hidden_size=h, intermediate_size=2 * h,
+                             num_hidden_layers=L, num_attention_heads=nh, num_key_value_heads=nh,
+                             max_position_embeddings=max_len, pad_token_id=tok.pad_token_id,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                             tie_word_embeddings=True)
+        return tf.LlamaForCausalLM(cfg)
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=v, n_embd=h, n_layer=L, n_head=nh, n_positions=max_len,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id)
+        return tf.GPT2LMHeadModel(cfg)
+    if arch == "bert":
+        cfg = tf.BertConfig(vocab_size=v, hidden_size=h, num_hidden_layers=L,
+                            num_attention_heads=nh, intermediate_size=2 * h,
+                            max_position_embeddings=max_len, pad_token_id=tok.pad_token_id)
+        return tf.BertForMaskedLM(cfg)
+    if arch == "t5":
+        cfg = tf.T5Config(vocab_size=v, d_model=h, d_ff=2 * h, d_kv=h // nh, num_layers=L,
+                          num_heads=nh, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+        return tf.T5ForConditionalGeneration(cfg)
+    raise ConfigError(f"unknown captioner arch {arch!r}; known: {sorted(ARCHS)}")
+
+
+def _examples(spec: dict, rows: list[dict], tok, slots: int):
+    """Token ids and labels (−100 = not scored) of the training corpus, per family."""
+    fam = ARCHS[spec["arch"]]
+    out = []
+    for r in rows:
+        prompt = spec["prompt"].format(a=r["caption_a"], b=r["caption_b"])
+        tgt = r["difference"]
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        t = tok(tgt, add_special_tokens=False)["input_ids"]
+        if fam == "causal":
+            ids = [tok.bos_token_id] + p + t + [tok.eos_token_id]
+            labels = [-100] * (1 + len(p)) + t + [tok.eos_token_id]
+            out.append((ids, labels))
+        elif fam == "masked":
+            # the masking is drawn per batch (`_mask_suffix`); here: prompt [SEP] and the slots
+            t = (t + [tok.convert_tokens_to_ids(FILLER)] * slots)[:slots]
+            out.append((p + [tok.sep_token_id], t))
+        else:
+            out.append((p + [tok.eos_token_id], t + [tok.eos_token_id]))
+    return out
+
+
+def _mask_suffix(prefix, target, mask_id, g):
+    """Masks the slots from a random position k on (k uniform): the masked LM learns to fill
+    the template left to right, the order `MaskedCaptioner` decodes in."""
+    import torch
+
+    k = int(torch.randint(len(target), (1,), generator=g))
+    ids = prefix + target[:k] + [mask_id] * (len(target) - k)
+    labels = [-100] * (len(prefix) + k) + target[k:]
+    return ids, labels
+
+
+def _pad(seqs, value):
+    import torch
+
+    n = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (n - len(s)) for s in seqs])
+
+
+def train_captioner(spec: dict, rows: list[dict], out_dir, seed: int = 0, threads: int = 1,
+                    progress: bool = True) -> dict:
+    """Trains a small captioner of `spec`'s family from scratch on (captions → difference) rows."""
+    import torch
+    from tqdm import tqdm
+
+    from ...training.schedule import make_scheduler, set_threads
+
+    set_threads(threads)
+    torch.manual_seed(seed)
+    t0 = time.time()
+    fam = ARCHS[spec["arch"]]
+    slots = spec.get("slots", 12)
+    texts = [spec["prompt"].format(a=r["caption_a"], b=r["caption_b"]) + " " + r["difference"]
+             for r in rows]
+    tok = build_tokenizer(texts, fam)
+    ex = _examples(spec, rows, tok, slots)
+    max_len = max(max(len(i), len(l)) for i, l in ex) + 8
+    model = build_model(spec["arch"], spec["size"], tok, max(64, max_len))
+    tc = spec["train"]
+    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=0.01)
+    sched = make_scheduler(opt, tc.get("warmup", 20), tc["steps"])
+    g = torch.Generator().manual_seed(seed)
+    log = []
+    model.train()
+    for step in tqdm(range(tc["steps"]), desc=f"captioner {spec['arch']}", disable=not progress,
+                     mininterval=5, file=sys.stderr):
+        idx = torch.randint(len(ex), (tc["batch_size"],), generator=g).tolist()
+        ids = [ex[i][0] for i in idx]
+        labels = [ex[i][1] for i in idx]
+        if fam == "masked":
+            ids, labels = zip(*[_mask_suffix(a, b, tok.mask_token_id, g) for a, b in zip(ids, labels)])
+        if fam == "seq2seq":
+            x = _pad(ids, tok.pad_token_id)
+            y = _pad(labels, -100)
+            o = model(input_ids=x, attention_mask=(x != tok.pad_token_id).long(), labels=y)
+        else:
+            x = _pad(ids, tok.pad_token_id)
+            y = _pad(labels, -100)
+            mask = _pad([[1] * len(s) for s in ids], 0)
+            o = model(input_ids=x, attention_mask=mask, labels=y)
+        opt.zero_grad(set_to_none=True)
+        o.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 20 == 0 or step == tc["steps"] - 1:
+            log.append({"step": step, "loss": float(o.loss.detach())})
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    (out_dir / "mmablate_captioner.json").write_text(json.dumps({"family": fam, "slots": slots}))
+    with open(out_dir.parent / "train_log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["step", "loss"])
+        w.writeheader()
+        w.writerows(log)
+    return {"arch": spec["arch"], "family": fam, "steps": tc["steps"], "final_loss": log[-1]["loss"],
+            "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
+            "wall_s": round(time.time() - t0, 2)}
+
+
+# ---- the backends -------------------------------------------------------------------------------
+class Captioner:
+    """Writes how the first image differs from the second from their two descriptions."""
+
+    def __init__(self, spec: dict, source: str | None, batch_size: int = 64,
+                 max_new_tokens: int = 16):
+        self.spec, self.source = spec, source
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+
+    def prompts(self, pairs) -> list[str]:
+        return [self.spec["prompt"].format(a=p["caption_a"], b=p["caption_b"]) for p in pairs]
+
+    def caption(self, pairs) -> list[str]:
+        raise NotImplementedError
+
+
+def _load(source, cls_name: str):
+    import transformers as tf
+
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(source)
+        model = getattr(tf, cls_name).from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise DataError(f"captioner model {source!r} cannot be loaded: {e}") from None
+    model.eval()
+    return tok, model
+
+
+class CausalCaptioner(Captioner):
+    def caption(self, pairs):
+        from transformers import pipeline
+
+        tok, model = _load(self.source, "AutoModelForCausalLM")
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        prompts = self.prompts(pairs)
+        if self.spec.get("chat"):
+            inputs = [[{"role": "user", "content": p}] for p in prompts]
+        else:
+            bos = tok.bos_token or ""
+            inputs = [bos + p for p in prompts]
+        outs = pipe(inputs, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                    do_sample=False, return_full_text=False, pad_token_id=tok.pad_token_id)
+        texts = []
+        for o in outs:
+            g = o[0]["generated_text"]
+            if isinstance(g, list):  # chat output: the assistant's message
+                g = g[-1]["content"]
+            texts.append(g.strip().split("\n")[0])
+        return texts
+
+
+class MaskedCaptioner(Captioner):
+    def caption(self, pairs):
+        from transformers import pipeline
+
+        tok, model = _load(self.source, "AutoModelForMaskedLM")
+        meta = Path(self.source) / "mmablate_captioner.json"
+        slots = json.loads(meta.read_text())["slots"] if meta.is_file() else \
+            self.spec.get("slots", 12)
+        pipe = pipeline("fill-mask", model=model, tokenizer=tok)
+        sep = f" {tok.sep_token} " if tok.sep_token else " "
+        prompts = [p + sep for p in self.prompts(pairs)]
+        filled = [[] for _ in prompts]
+        # Left to right: each pass fills the first remaining [MASK] of the template.
+        for k in range(slots):
+            inputs = [p + " ".join(f + [tok.mask_token] * (slots - k)) for p, f in zip(prompts, filled)]
+            outs = pipe(inputs, batch_size=self.batch_size, top_k=1)
+            for f, o in zip(filled, outs):
+                first = o[0] if isinstance(o[0], list) else o  # one mask left → a flat list
+                f.append(first[0]["token_str"].strip() or FILLER)
+        texts = []
+        for f in filled:
+            ws = [w for w in f if w not in (tok.pad_token, tok.sep_token, "")]
+            if FILLER in ws:  # the filler ends the description
+                ws = ws[:ws.index(FILLER)]
+            texts.append(" ".join(ws))
+        return texts
+
+
+class Seq2SeqCaptioner(Captioner):
+    def caption(self, pairs):
+        import torch
+
+        tok, model = _load(self.source, "AutoModelForSeq2SeqLM")
+        prompts, texts = self.prompts(pairs), []
+        for i in range(0, len(prompts), self.batch_size):
+            enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True)
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False)
+            texts += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+        return texts
+
+
+class TemplateCaptioner(Captioner):
+    def caption(self, pairs):
+        out = [p.get("difference", "") for p in pairs]
+        if any(not t for t in out):
+            raise DataError("the template captioner needs the pairs' ground-truth attributes "
+                            "(a `difference` column); real image pairs have none")
+        return out
+
+
+BACKENDS = {"causal": CausalCaptioner, "masked": MaskedCaptioner, "seq2seq": Seq2SeqCaptioner,
+            "template": TemplateCaptioner}
+
+
+def make_captioner(name: str, spec: dict, source, **kw) -> Captioner:
+    fam = spec.get("family")
+    if fam not in BACKENDS:
+        raise ConfigError(f"captioner {name!r}: unknown family {fam!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[fam](spec, source, **kw)
+
+
+def is_degenerate(text: str, pair: dict, filt: dict, vocab=None) -> str | None:
+    """Why a generated difference is dropped (None = kept). The paper filters its LLM output."""
+    ws = words(text)
+    if not ws:
+        return "empty"
+    if len(ws) < filt.get("min_words", 2):
+        return "too short"
+    if len(ws) > filt.get("max_words", 30):
+        return "too long"
+    run = 1
+    for a, b in zip(ws, ws[1:]):
+        run = run + 1 if a == b else 1
+        if run > filt.get("max_repeat", 2):
+            return "repetition"
+    if normalise(text) in (normalise(pair["caption_a"]), normalise(pair["caption_b"])):
+        return "copies a description"
+    if vocab is not None and any(w not in vocab for w in ws):
+        return "out of vocabulary"
+    return None

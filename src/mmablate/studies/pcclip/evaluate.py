@@ -1,0 +1,148 @@
+"""PC-CLIP's evaluation: difference-based classification (binary and multiple choice), zero-shot
+classification, CLIPScore and embedding arithmetic, for the base model or a finetuned one.
+
+* ``diff_acc`` — the paper's protocol: a pair (A, B) with difference text t (how A differs from
+  B) is correct when cos(text(t), c(A, B)) > 0, c the model's combination of the two image
+  embeddings. Each pair is scored in both orders: (A, B) must give a positive cosine and (B, A)
+  a non-positive one (accuracy = mean of the two). For subtraction c(B, A) = −c(A, B), so this
+  equals the one-order protocol exactly; for a symmetric combination (multiplication) it keeps
+  a constant positive bias from scoring 100%. Chance 50%.
+* ``diff_mc_acc`` — multiple choice: the true text, its reverse (how B differs from A) and
+  ``n_distractors`` other pairs' texts; correct when the true text has the highest cosine.
+* ``zeroshot_acc`` — top-1 zero-shot accuracy on the class-folder set (prompt ensemble).
+* ``clipscore`` — 100·max(cos(image, caption), 0), mean over the evaluation images and their
+  captions, computed with the model under test (torchmetrics' CLIPScore is broken with
+  transformers 5 and only loads HF CLIP models; this is its formula over open_clip).
+* ``arithmetic_acc`` — for pairs that differ in colour or shape: the query
+  image(A) − text(phrase of A's object) + text(phrase of B's object) must retrieve B (top-1)
+  from the gallery of every such pair's A and B images. Chance 100/(2N).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import DataError
+
+
+def _texts(model, tok, texts, batch: int = 512):
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            out.append(model.encode_text(tok(texts[i:i + batch]), normalize=True).float())
+    return torch.cat(out)
+
+
+def diff_scores(combine, fa, fb, t):
+    """(cos in order A,B ; cos in order B,A) of each pair's text with the combined vector."""
+    import torch.nn.functional as F
+
+    import torch
+
+    with torch.no_grad():
+        ab = F.normalize(combine(fa, fb), dim=-1)
+        ba = F.normalize(combine(fb, fa), dim=-1)
+    return (ab * t).sum(-1), (ba * t).sum(-1)
+
+
+def diff_accuracy(s_ab, s_ba) -> float:
+    return 100.0 * 0.5 * (float((s_ab > 0).float().mean()) + float((s_ba <= 0).float().mean()))
+
+
+def multiple_choice(combine, fa, fb, true_t, rev_t, pool_t, pool_texts, texts, rng, k: int):
+    """Accuracy (%) of picking the true text among it, its reverse and k other pairs' texts."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        v = F.normalize(combine(fa, fb), dim=-1)
+    correct = 0
+    for i in range(len(v)):
+        others = [j for j in rng.permutation(len(pool_texts))
+                  if pool_texts[j] not in (texts[i][0], texts[i][1])]
+        uniq, seen = [], set()
+        for j in others:
+            if pool_texts[j] not in seen:
+                seen.add(pool_texts[j])
+                uniq.append(j)
+            if len(uniq) == k:
+                break
+        cands = torch.stack([true_t[i], rev_t[i]] + [pool_t[j] for j in uniq])
+        correct += int(int((cands @ v[i]).argmax()) == 0)
+    return 100.0 * correct / len(v)
+
+
+def clipscore(img, txt) -> float:
+    return float((100.0 * (img * txt).sum(-1).clamp(min=0)).mean())
+
+
+def arithmetic(model, tok, fa, fb, phrase_a, phrase_b) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    ta, tb = _texts(model, tok, phrase_a), _texts(model, tok, phrase_b)
+    q = F.normalize(fa - ta + tb, dim=-1)
+    gallery = torch.cat([fa, fb])  # index i: A_i; N + i: B_i
+    top = (q @ gallery.T).argmax(dim=1)
+    target = torch.arange(len(fa)) + len(fa)
+    return 100.0 * float((top == target).float().mean())
+
+
+def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str | None,
+             threads: int = 1) -> tuple[dict, dict]:
+    import numpy as np
+    import torch
+
+    from ...data.imagetext import ClassFolder
+    from ...metrics.zeroshot import zeroshot_topk
+    from ...training.schedule import set_threads
+    from .data import read_pairs
+    from .finetune import embed_dim, encode_images, load_clip, load_finetuned, pair_images
+    from .losses import Combine
+
+    set_threads(threads)
+    model, preprocess, tok = load_clip(cfg["model"], base)
+    combine = load_finetuned(model, finetuned) if finetuned else \
+        Combine("subtract", embed_dim(model))
+    model.eval()
+    combine.eval()
+    ev = cfg["eval"]
+    rows = read_pairs(cfg["pairs"], "eval")
+    for k in ("difference", "reverse"):
+        if any(not r.get(k) for r in rows):
+            raise DataError(f"{cfg['pairs']}: evaluation pairs need a `{k}` text on every row")
+    ia, ib = pair_images(rows, preprocess)
+    fa, fb = encode_images(model, ia), encode_images(model, ib)
+    diffs = [r["difference"] for r in rows]
+    revs = [r["reverse"] for r in rows]
+    t, tr = _texts(model, tok, diffs), _texts(model, tok, revs)
+    s_ab, s_ba = diff_scores(combine, fa, fb, t)
+    rng = np.random.default_rng(ev.get("seed", 0))
+    k = ev["n_distractors"]
+    metrics = {
+        "diff_acc": diff_accuracy(s_ab, s_ba),
+        "diff_mc_acc": multiple_choice(combine, fa, fb, t, tr, t, diffs,
+                                       list(zip(diffs, revs)), rng, k),
+        "clipscore": clipscore(fa, _texts(model, tok, [r["caption_a"] for r in rows])),
+    }
+    chance = {"diff_acc": 50.0, "diff_mc_acc": 100.0 / (k + 2)}
+    arith = [i for i, r in enumerate(rows) if r.get("phrase_a") and r.get("phrase_b")]
+    if arith:
+        metrics["arithmetic_acc"] = arithmetic(model, tok, fa[arith], fb[arith],
+                                               [rows[i]["phrase_a"] for i in arith],
+                                               [rows[i]["phrase_b"] for i in arith])
+        chance["arithmetic_acc"] = 100.0 / (2 * len(arith))
+    # per attribute (not in the tables; kept in the record for the report)
+    by_attr = {}
+    for a in sorted({r.get("attribute", "") for r in rows} - {""}):
+        idx = [i for i, r in enumerate(rows) if r.get("attribute") == a]
+        by_attr[a] = diff_accuracy(s_ab[idx], s_ba[idx])
+    root = Path(ev.get("classify_root") or world_root)
+    ds = ClassFolder(root / ev["classify_dir"], preprocess, root / ev["classnames"],
+                     limit_per_class=ev.get("limit_per_class"))
+    acc = zeroshot_topk(model, tok, ds.images, torch.tensor(ds.labels), ds.classnames,
+                        ev["templates"], (1,))
+    metrics["zeroshot_acc"] = acc[1]
+    chance["zeroshot_acc"] = 100.0 / len(ds.classnames)
+    return metrics, chance, {"diff_acc_by_attribute": by_attr, "n_eval_pairs": len(rows)}

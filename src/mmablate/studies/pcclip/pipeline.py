@@ -1,0 +1,179 @@
+"""PC-CLIP's place in the pipeline: ablatable parts, metrics and stages (light imports only).
+
+Stages (each a job per distinct config; shared work is its own stage):
+
+    pcclip_pairs      image pairs + descriptions (world pairs, or COCO at paper scale)  — once
+    rankclip_train    the base CLIP (tiny: RankCLIP's stage with λ = 0, the same job)   — per seed
+    pcclip_captioner  a small LM of the captioner's family trained on the world corpus  — per captioner (tiny)
+    pcclip_captions   difference captions of the training pairs, filtered               — per captioner
+    pcclip_embed      the base model's image embeddings of the training pairs           — per base seed
+    pcclip_finetune   PC-CLIP finetuning of one variant                                 — per variant × seed
+    pcclip_eval       the metrics of a variant, or of the base model (reference row)     — per variant × seed
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ...errors import ConfigError
+from ...util import get_path
+
+TITLE = "Finetuning CLIP to Reason about Pairwise Differences (PC-CLIP)"
+ABLATABLE = {
+    "finetune.encoders": "which encoders are finetuned (text only, or text and image jointly)",
+    "finetune.combine": "how the two image embeddings are combined (subtraction, concatenation, "
+                        "element-wise multiplication)",
+    "finetune.loss": "loss aligning the combined image vector with the difference caption",
+    "captions.captioner": "language model writing the difference captions",
+}
+METRICS = {
+    "diff_acc": {"label": "Difference-based Classification Accuracy", "unit": "%",
+                 "higher_is_better": True},
+    "diff_mc_acc": {"label": "Difference-based Multiple-choice Accuracy", "unit": "%",
+                    "higher_is_better": True},
+    "zeroshot_acc": {"label": "Zero-shot Classification Accuracy", "unit": "%",
+                     "higher_is_better": True},
+    "clipscore": {"label": "CLIPScore", "unit": "", "higher_is_better": True},
+    "arithmetic_acc": {"label": "Embedding Arithmetic Top-1", "unit": "%",
+                       "higher_is_better": True},
+}
+VALUES = {
+    "finetune.encoders": {"text": "text encoder only", "text_image": "text + image encoders"},
+    "finetune.combine": {"subtract": "subtraction", "concat": "concatenation",
+                         "multiply": "element-wise multiplication"},
+    "finetune.loss": {"contrastive": "contrastive (CLIP)", "squared": "squared (MSE)",
+                      "hinge": "hinge"},
+    "captions.captioner": {"llama2_chat": "LLaMA-2-chat", "gpt": "GPT-3", "bert": "BERT",
+                           "t5": "T5", "template": "template (ground truth)"},
+}
+
+
+def dataset_name(scfg: dict, scale: str) -> str:
+    return scfg["eval"]["dataset_name"]
+
+
+def check_value(key: str, value) -> None:
+    if key in VALUES and value not in VALUES[key]:
+        what = "captioner" if key == "captions.captioner" else key.split(".")[-1]
+        raise ValueError(f"unknown {what} {value!r}; known: {sorted(VALUES[key])}")
+
+
+def validate(scfg: dict, where: str) -> None:
+    from .captioners import check_captioner
+
+    for key in ABLATABLE:
+        try:
+            check_value(key, get_path(scfg, key))
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{where}.{key}: {e}") from None
+    caps = scfg["captions"].get("captioners") or {}
+    used = {scfg["captions"]["captioner"]} | {
+        v for ab in scfg["ablations"] if ab["key"] == "captions.captioner" for v in ab["values"]}
+    for name in sorted(used):
+        if name not in caps:
+            raise ConfigError(f"{where}.captions.captioners: no definition of captioner {name!r} "
+                              f"(defined: {sorted(caps)})")
+        check_captioner(name, caps[name], f"{where}.captions.captioners.{name}")
+    base = scfg["base"]
+    if base["source"] not in ("rankclip", "pretrained"):
+        raise ConfigError(f"{where}.base.source: {base['source']!r}; known: rankclip, pretrained")
+    if base["source"] == "pretrained" and not isinstance(base.get("model"), dict):
+        raise ConfigError(f"{where}.base.model: a pretrained base needs a model block "
+                          f"(arch, pretrained, tokenizer)")
+    fc = scfg["finetune"]
+    if fc["warmup"] >= fc["steps"] > 1:
+        raise ConfigError(f"{where}.finetune.warmup: {fc['warmup']} must be below finetune.steps "
+                          f"{fc['steps']}")
+    pairs = scfg["pairs"]
+    if pairs["source"] == "coco":
+        for k in ("captions_json", "eval_csv"):
+            if not Path(pairs.get(k, "")).is_file():
+                raise ConfigError(f"{where}.pairs.{k}: {pairs.get(k)!r} is not a file")
+        if not Path(pairs.get("image_dir", "")).is_dir():
+            raise ConfigError(f"{where}.pairs.image_dir: {pairs.get('image_dir')!r} is not a "
+                              f"directory")
+    elif pairs["source"] != "world":
+        raise ConfigError(f"{where}.pairs.source: {pairs['source']!r}; known: world, coco")
+
+
+def label(key: str, value) -> str:
+    return VALUES.get(key, {}).get(value, str(value))
+
+
+# ---- stages -------------------------------------------------------------------------------------
+def _rankclip_base(P):
+    """The base CLIP of the world: RankCLIP's pretraining stage with λ = 0 (plain CLIP loss)."""
+    from ..rankclip.pipeline import data_dirs, train_config
+
+    rcfg = copy.deepcopy(P.config["studies"]["rankclip"])
+    rcfg["loss"]["rank_weight"] = 0.0
+    th, _ = train_config(P, rcfg)
+    _, eval_root = data_dirs(P, rcfg)
+    return {"dir": f"{P.results}/rankclip/train/{th}", "hash": th}, rcfg["model"], eval_root
+
+
+def base_model(P, scfg: dict):
+    """(base: {dir, hash} or None, model block, world root for zero-shot or None)."""
+    if scfg["base"]["source"] == "rankclip":
+        if "rankclip" not in P.config["studies"]:
+            raise ConfigError(f"{P.where('studies.pcclip.base.source')}: 'rankclip' needs the "
+                              f"rankclip study's config (it may be disabled)")
+        return _rankclip_base(P)
+    return None, scfg["base"]["model"], None
+
+
+def pairs_stage(P, scfg: dict) -> str:
+    pc = dict(scfg["pairs"])
+    if pc["source"] == "world":
+        w = P.config["world"]
+        pc.update(colours=w["colours"], shapes=w["shapes"], image_size=w["image_size"])
+    h = P.add_stage("pcclip_pairs", pc)
+    return f"{P.results}/pcclip/pairs/{h}/pairs.csv"
+
+
+def captions_stage(P, scfg: dict, pairs: str) -> str:
+    cc = scfg["captions"]
+    name = cc["captioner"]
+    spec = cc["captioners"][name]
+    source = spec.get("model")
+    if spec["family"] != "template" and source is None:  # trained here (tiny scale)
+        kh = P.add_stage("pcclip_captioner", {"name": name, "spec": spec, "pairs": pairs,
+                                              "seed": cc["seed"]})
+        source = f"{P.results}/pcclip/captioner/{kh}/model"
+    cfg = {"name": name, "spec": spec, "source": source, "pairs": pairs, "filter": cc["filter"],
+           "batch_size": cc["batch_size"], "max_new_tokens": cc["max_new_tokens"]}
+    return P.add_stage("pcclip_captions", cfg)
+
+
+def _common(P, scfg):
+    base, model, world_root = base_model(P, scfg)
+    return base, model, world_root, pairs_stage(P, scfg)
+
+
+def eval_stage(P, scfg: dict, finetune_hash: str | None) -> dict:
+    base, model, world_root, pairs = _common(P, scfg)
+    eh = P.add_stage("pcclip_eval", {"base": base, "model": model, "finetune": finetune_hash,
+                                     "pairs": pairs, "eval": scfg["eval"],
+                                     "world_root": world_root})
+    return {s: f"{P.results}/pcclip/eval/{eh}/s{s}/metrics.json" for s in P.seeds}
+
+
+def variant(P, vcfg: dict) -> tuple[str, dict]:
+    base, model, _, pairs = _common(P, vcfg)
+    ch = captions_stage(P, vcfg, pairs)
+    fc = vcfg["finetune"]
+    embed = None
+    if fc["encoders"] == "text":  # image embeddings once per base model, shared by these variants
+        embed = P.add_stage("pcclip_embed", {"base": base, "model": model, "pairs": pairs})
+    fh = P.add_stage("pcclip_finetune", {"base": base, "model": model, "pairs": pairs,
+                                         "captions": ch, "embed": embed, "finetune": fc})
+    return fh, eval_stage(P, vcfg, fh)
+
+
+def references(P, scfg: dict):
+    """The base model, not finetuned (subtraction to combine), as a reference row."""
+    from ...pipeline import Row
+
+    evals = eval_stage(P, scfg, None)
+    h = Path(next(iter(evals.values()))).parent.parent.name
+    return [Row("base CLIP (not finetuned)", None, False, h, evals, kind="reference")]

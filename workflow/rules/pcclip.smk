@@ -1,0 +1,173 @@
+# PC-CLIP (plans 001, 002): pairs → captioner LMs → difference captions → (shared) image
+# embeddings → finetuning per variant → evaluation. Logic in mmablate.studies.pcclip.
+
+
+def pcclip_base(stage):
+    """The base model's weights of seed {seed} (nothing for pretrained weights loaded by tag)."""
+    def f(w):
+        base = P.stage(stage, w.h)["base"]
+        return [] if base is None else [f"{base['dir']}/s{w.seed}/model.pt"]
+    return f
+
+
+def pcclip_pairs_of(stage):
+    return lambda w: P.stage(stage, w.h)["pairs"]
+
+
+rule pcclip_pairs:
+    input:
+        cfg=stage_input("pcclip_pairs"),
+        src=sources("studies/pcclip/data.py", "world/pairs.py", "world/scenes.py"),
+    output:
+        f"{R}/pcclip/pairs/{{h}}/pairs.csv",
+    log:
+        f"logs/pcclip/pairs/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pcclip/pairs/{{h}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pcclip-pairs --config {input.cfg} --out {output} > {log} 2>&1"
+
+
+rule pcclip_captioner:
+    input:
+        cfg=stage_input("pcclip_captioner"),
+        pairs=pcclip_pairs_of("pcclip_captioner"),
+        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py", "training"),
+    output:
+        f"{R}/pcclip/captioner/{{h}}/summary.json",
+    log:
+        f"logs/pcclip/captioner/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pcclip/captioner/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pcclip-captioner --config {input.cfg} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+def pcclip_captioner_of(w):
+    src = P.stage("pcclip_captions", w.h)["source"]
+    trained = f"{R}/pcclip/captioner/"
+    return [src[: -len("/model")] + "/summary.json"] if src and src.startswith(trained) else []
+
+
+rule pcclip_captions:
+    input:
+        cfg=stage_input("pcclip_captions"),
+        pairs=pcclip_pairs_of("pcclip_captions"),
+        captioner=pcclip_captioner_of,
+        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py"),
+    output:
+        f"{R}/pcclip/captions/{{h}}/captions.csv",
+    log:
+        f"logs/pcclip/captions/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pcclip/captions/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pcclip-captions --config {input.cfg} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule pcclip_embed:
+    input:
+        cfg=stage_input("pcclip_embed"),
+        pairs=pcclip_pairs_of("pcclip_embed"),
+        base=pcclip_base("pcclip_embed"),
+        src=sources("studies/pcclip/finetune.py", "studies/pcclip/data.py", "models"),
+    output:
+        f"{R}/pcclip/embed/{{h}}/s{{seed}}/embeddings.pt",
+    log:
+        f"logs/pcclip/embed/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/pcclip/embed/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pcclip-embed --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+def pcclip_finetune_inputs(w):
+    cfg = P.stage("pcclip_finetune", w.h)
+    out = {"captions": f"{R}/pcclip/captions/{cfg['captions']}/captions.csv"}
+    if cfg["embed"] is not None:
+        out["embed"] = f"{R}/pcclip/embed/{cfg['embed']}/s{w.seed}/embeddings.pt"
+    return out
+
+
+rule pcclip_finetune:
+    input:
+        unpack(pcclip_finetune_inputs),
+        cfg=stage_input("pcclip_finetune"),
+        pairs=pcclip_pairs_of("pcclip_finetune"),
+        base=pcclip_base("pcclip_finetune"),
+        src=sources("studies/pcclip/finetune.py", "studies/pcclip/losses.py",
+                    "studies/pcclip/data.py", "models", "training"),
+    output:
+        f"{R}/pcclip/finetune/{{h}}/s{{seed}}/model.pt",
+    params:
+        embed=lambda w, input: f"--embed {input.embed}" if "embed" in input.keys() else "",
+    log:
+        f"logs/pcclip/finetune/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/pcclip/finetune/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pcclip-finetune --config {input.cfg} --seed {wildcards.seed}"
+        " --captions {input.captions} {params.embed} --out {output} --threads {threads}"
+        " > {log} 2>&1"
+
+
+def pcclip_eval_inputs(w):
+    cfg = P.stage("pcclip_eval", w.h)
+    out = {}
+    if cfg["finetune"] is not None:
+        out["model"] = f"{R}/pcclip/finetune/{cfg['finetune']}/s{w.seed}/model.pt"
+    if cfg["world_root"] is not None:
+        out["world"] = f"{cfg['world_root']}/summary.json"
+    return out
+
+
+rule pcclip_eval:
+    input:
+        unpack(pcclip_eval_inputs),
+        cfg=stage_input("pcclip_eval"),
+        pairs=pcclip_pairs_of("pcclip_eval"),
+        base=pcclip_base("pcclip_eval"),
+        src=sources("studies/pcclip/evaluate.py", "studies/pcclip/finetune.py",
+                    "studies/pcclip/losses.py", "studies/pcclip/data.py", "metrics/zeroshot.py",
+                    "models", "data/imagetext.py"),
+    output:
+        f"{R}/pcclip/eval/{{h}}/s{{seed}}/metrics.json",
+    params:
+        model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
+    log:
+        f"logs/pcclip/eval/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/pcclip/eval/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pcclip-eval --config {input.cfg} --seed {wildcards.seed}"
+        " {params.model} --out {output} --threads {threads} > {log} 2>&1"
