@@ -84,6 +84,19 @@ def validate(scfg: dict, where: str) -> None:
     src = scfg["data"]["source"]
     if src not in ("world", "files"):
         raise ConfigError(f"{where}.data.source: expected 'world' or 'files', got {src!r}")
+    if src == "files":
+        from pathlib import Path
+
+        for k in ("pairs", "prompts"):
+            if not Path(scfg["data"].get(k) or "").exists():
+                raise ConfigError(f"{where}.data.{k}: {scfg['data'].get(k)!r} does not exist")
+    if scfg["rewards"]["source"] == "paper" and any(
+            "image_reward" in ab["metrics"] for ab in scfg["ablations"]):
+        # said before any GPU time is spent, not after the DPO runs
+        raise ConfigError(f"{where}.rewards.paper.image_reward: the published ImageReward (BLIP) "
+                          f"cannot be loaded under transformers 5 (the image-reward package fails "
+                          f"to import) and is not yet ported here; drop image_reward from the "
+                          f"ablations' metrics or run it in an environment with transformers<5")
     kind = scfg["model"]["kind"]
     if kind not in ("world", "sd"):
         raise ConfigError(f"{where}.model.kind: expected 'world' or 'sd', got {kind!r}")
