@@ -22,7 +22,8 @@ def distribution_figure(cfg: dict, out_png) -> None:
         by_q.setdefault(q, []).append((t, read_json(path)))
     fig, axes = plt.subplots(1, len(by_q), figsize=(4.2 * len(by_q), 3.2), squeeze=False)
     colours = {"fixed": "tab:red", "dynamic": "tab:green", "adaptive": "tab:purple"}
-    for ax, (q, sels) in zip(axes[0], sorted(by_q.items())):
+    order = list(QUALITY_LABELS)  # the paper's product first
+    for ax, (q, sels) in zip(axes[0], sorted(by_q.items(), key=lambda kv: order.index(kv[0]))):
         sc = np.load(sels[0][1]["scores"])
         vals = quality(sc["winner"], sc["loser"], q, sels[0][1]["eps"])
         ax.hist(vals, bins=60, color="0.6")

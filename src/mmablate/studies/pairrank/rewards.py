@@ -100,7 +100,6 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
 
     from ...data.pickapic import decode, read_table
     from ...training.schedule import set_threads
-    from ...world.pairs import PICKAPIC_COLUMNS  # noqa: F401  (the schema the data follow)
 
     set_threads(threads)
     t0 = time.time()
@@ -130,11 +129,9 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
             loss.backward()
             opt.step()
             if step % 20 == 0:
-                log.append({"step": step, "loss": float(loss)})
+                log.append({"step": step, "loss": loss.item()})
         state = {"head": head.state_dict(), "hidden": tc["hidden"]}
     else:
-        from ...data.pickapic import load_pairs
-
         pairs_all = read_table(cfg["data"])
         l0 = torch.tensor(pairs_all["label_0"].to_numpy(np.float32))
         keep = np.arange(len(l0)) if kind == "pickscore" else np.where(l0.numpy() != 0.5)[0]
@@ -163,7 +160,7 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
                 with torch.no_grad():
                     clip.logit_scale.clamp_(0, 4.6052)
                 if step % 10 == 0:
-                    log.append({"step": step, "loss": float(loss)})
+                    log.append({"step": step, "loss": loss.item()})
             state = {"clip": clip.state_dict()}
         else:  # image_reward
             with torch.no_grad():
@@ -184,13 +181,12 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
                 loss.backward()
                 opt.step()
                 if step % 20 == 0:
-                    log.append({"step": step, "loss": float(loss)})
+                    log.append({"step": step, "loss": loss.item()})
             head.eval()
             with torch.no_grad():
                 r = head(torch.cat([f0, f1])).squeeze(1)
             state = {"head": head.state_dict(), "hidden": tc["hidden"],
                      "mean": float(r.mean()), "std": float(r.std())}
-        del load_pairs
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"kind": kind, "clip_cfg": cfg["clip"], **state}, out)
@@ -228,12 +224,10 @@ def load_twin(path) -> Scorer:
     size = _image_size(clip)
     head = None
     if "head" in st:
-        dims = {"aesthetic": clip.visual.output_dim if hasattr(clip.visual, "output_dim") else None}
         d = next(iter(st["head"].values())).shape[1]
         head = _mlp([d, st["hidden"], 16, 1], 0.1)
         head.load_state_dict(st["head"])
         head.eval()
-        del dims
 
     def fn(images, prompts):
         img = clip.encode_image(clip_pixels(images, size), normalize=True)
