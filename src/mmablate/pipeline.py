@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
-STUDIES = ("rankclip", "pcclip")
+STUDIES = ("rankclip", "pcclip", "pairrank")
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
 
@@ -74,6 +74,7 @@ class Pipeline:
         self.results = results
         self.stages: dict[str, dict[str, dict]] = {}
         self.ablations: list[Ablation] = []
+        self.extra_targets: list[str] = []  # study-specific outputs (e.g. extra figures)
         for study in self.enabled_studies():
             self._plan_study(study)
         if write:
@@ -121,6 +122,11 @@ class Pipeline:
         except KeyError:
             raise ConfigError(f"no {stage} job with config hash {h} in this config") from None
 
+    def add_target(self, path: str) -> None:
+        """An extra output of `all` (a study's own figure beyond the ablation tables)."""
+        if path not in self.extra_targets:
+            self.extra_targets.append(path)
+
     def config_path(self, stage: str, h: str) -> str:
         return f"{self.results}/configs/{stage}/{h}.json"
 
@@ -153,11 +159,14 @@ class Pipeline:
     def ablation_config(self, a: Ablation) -> dict:
         mod = study_module(a.study)
         scfg = self.config["studies"][a.study]
+        # a study may label its metrics by scale (e.g. world twins vs the published models)
+        labels = mod.metric_labels(scfg, self.scale) if hasattr(mod, "metric_labels") else {}
         return {
             "study": a.study, "ablation": a.id, "part": a.part, "key": a.key,
             "title": mod.TITLE, "scale": self.scale, "seeds": self.seeds,
             "dataset": mod.dataset_name(scfg, self.scale),
-            "metrics": [{"id": m, **mod.METRICS[m]} for m in a.metrics],
+            "metrics": [{"id": m, **mod.METRICS[m], **({"label": labels[m]} if m in labels else {})}
+                        for m in a.metrics],
             "rows": [{"label": r.label, "value": r.value, "is_baseline": r.is_baseline,
                       "config_hash": r.config_hash, "kind": r.kind,
                       "evals": {str(s): p for s, p in sorted(r.evals.items())}} for r in a.rows],
@@ -186,7 +195,7 @@ class Pipeline:
         for a in self.ablations:
             out += [f"{self.results}/tables/{a.name}.{ext}" for ext in ("md", "tex", "csv")]
             out += [f"{self.results}/figures/{a.name}.{ext}" for ext in ("png", "pdf")]
-        return out
+        return out + self.extra_targets
 
 
 def sources(*names: str) -> list[str]:

@@ -1,0 +1,176 @@
+"""Diffusion-DPO (Wallace et al., 2023) with LoRA adapters (peft) on the UNet's attention.
+
+For a pair (x_w, x_l) with prompt c, one timestep t and one noise ε shared by both images:
+
+    L = −log σ( −β/2 · [ (‖ε − ε_θ(x_w,t)‖² − ‖ε − ε_θ(x_l,t)‖²)
+                        − (‖ε − ε_ref(x_w,t)‖² − ‖ε − ε_ref(x_l,t)‖²) ] )
+
+with ‖·‖² the mean over the latent's elements (as the authors' training script) and β = 5000
+for SD-1.5 (the paper's). The reference model is the same UNet with its adapters disabled
+(diffusers' UNet has no ``disable_adapter()`` context manager, so `adapters_off` wraps
+``disable_adapters()``/``enable_adapters()``). With LoRA B initialised to zero the policy equals the
+reference and the first loss is exactly log 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...training import checkpoint
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def dpo_loss(model_w, model_l, ref_w, ref_l, beta: float):
+    """Diffusion-DPO loss from per-sample squared errors [B]; returns (loss, implicit accuracy)."""
+    import torch.nn.functional as F
+
+    inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
+    return -F.logsigmoid(inside).mean(), (inside > 0).float().mean()
+
+
+@contextlib.contextmanager
+def adapters_off(unet):
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
+
+
+def add_lora(unet, rank: int, alpha: float | None = None):
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+                                target_modules=TARGETS))
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def per_sample_mse(pred, target):
+    return ((pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, pred.ndim)))
+
+
+def dpo_step_losses(t2i, xw, xl, cond, beta: float, generator=None):
+    """One Diffusion-DPO loss: winner and loser share the noise and the timestep."""
+    import torch
+
+    sched = t2i.noise_scheduler()
+    n = xw.shape[0]
+    noise = torch.randn(xw.shape, generator=generator).to(xw.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=generator).to(xw.device)
+    x = torch.cat([sched.add_noise(xw, noise, t), sched.add_noise(xl, noise, t)])
+    tt, cc, eps = torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([noise, noise])
+    if sched.config.prediction_type == "v_prediction":
+        eps = sched.get_velocity(torch.cat([xw, xl]), eps, tt)
+    pred = t2i.unet(x, tt, cc).sample
+    mw, ml = per_sample_mse(pred, eps).chunk(2)
+    with torch.no_grad(), adapters_off(t2i.unet):
+        rpred = t2i.unet(x, tt, cc).sample
+        rw, rl = per_sample_mse(rpred, eps).chunk(2)
+    return dpo_loss(mw, ml, rw, rl, beta)
+
+
+def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int | None = None,
+              progress: bool = True) -> dict:
+    """LoRA Diffusion-DPO on the selected pairs; saves the adapter (peft format) to out_dir/lora."""
+    import torch
+    from tqdm import tqdm
+
+    from ...data.pickapic import load_pairs
+    from ...errors import DataError
+    from ...training.schedule import make_scheduler, set_threads
+    from .diffusion import load_t2i, write_log
+
+    set_threads(threads)
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "ckpt"
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sel = json.loads(Path(cfg["selection"]).read_text())
+    if not sel["indices"]:
+        raise DataError(f"{cfg['selection']}: the selection keeps zero pairs; nothing to train on")
+    pairs = load_pairs(sel["pairs"]).subset(sel["indices"])
+    t2i = load_t2i(cfg["model"], device)
+    size = t2i.image_size
+    xw = t2i.to_latent(pairs.images("winner", size))
+    xl = t2i.to_latent(pairs.images("loser", size))
+    tc = cfg["train"]
+    params = add_lora(t2i.unet, tc["lora_rank"], tc.get("lora_alpha"))
+    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
+    lr_sched = make_scheduler(opt, tc["warmup"], tc["steps"])
+    start, log_rows = 0, []
+    state = checkpoint.load_latest(ckpt_dir)
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if state is not None:
+        set_peft_model_state_dict(t2i.unet, state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["scheduler"])
+        start, log_rows = state["step"], state["log"]
+    g = torch.Generator().manual_seed(seed * 7919 + start)
+    t2i.unet.train()
+    bs = min(tc["batch_size"], len(pairs))
+    bar = tqdm(range(start, tc["steps"]), desc=f"diffusion-dpo seed {seed}", disable=not progress,
+               mininterval=5, file=sys.stderr, initial=start, total=tc["steps"])
+    for step in bar:
+        idx = torch.randint(0, len(pairs), (bs,), generator=g)
+        cond = t2i.text_states([pairs.captions[i] for i in idx.tolist()])
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss, acc = dpo_step_losses(t2i, xw[idx], xl[idx], cond, tc["beta"], g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.get("max_grad_norm", 1.0))
+        opt.step()
+        lr_sched.step()
+        if step % tc.get("log_every", 10) == 0 or step == tc["steps"] - 1:
+            log_rows.append({"step": step, "loss": loss.item(), "implicit_acc": acc.item(),
+                             "lr": lr_sched.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % tc["ckpt_every"] == 0 or done == tc["steps"] or done == stop_after:
+            checkpoint.save({"step": done, "model": get_peft_model_state_dict(t2i.unet),
+                             "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict(),
+                             "log": log_rows}, ckpt_dir, done)
+        if stop_after is not None and done >= stop_after:
+            return {"stopped_at": done}
+    lora = out_dir / "lora"
+    lora.mkdir(parents=True, exist_ok=True)
+    torch.save(get_peft_model_state_dict(t2i.unet), lora / "adapter.pt")
+    (lora / "adapter_config.json").write_text(json.dumps(
+        {"rank": tc["lora_rank"], "alpha": tc.get("lora_alpha") or tc["lora_rank"],
+         "target_modules": TARGETS}))
+    write_log(out_dir / "train_log.csv", log_rows)
+    summary = {"seed": seed, "steps": tc["steps"], "resumed_from": start, "n_pairs": len(pairs),
+               "first_loss": log_rows[0]["loss"], "final_loss": log_rows[-1]["loss"],
+               "wall_s": round(time.time() - t0, 2), "device": device}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def load_lora(unet, lora_dir):
+    """Adds the saved adapter to `unet` (a base model loaded by `load_t2i`)."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    from ...errors import CheckpointError
+
+    lora_dir = Path(lora_dir)
+    try:
+        meta = json.loads((lora_dir / "adapter_config.json").read_text())
+        state = torch.load(lora_dir / "adapter.pt", map_location="cpu", weights_only=True)
+    except (FileNotFoundError, json.JSONDecodeError, RuntimeError) as e:
+        raise CheckpointError(f"{lora_dir}: cannot read the LoRA adapter ({e})") from None
+    add_lora(unet, meta["rank"], meta["alpha"])
+    res = set_peft_model_state_dict(unet, state)
+    if getattr(res, "unexpected_keys", None):
+        raise CheckpointError(f"{lora_dir}: adapter keys do not fit the UNet: "
+                              f"{res.unexpected_keys[:3]}")
+    unet.requires_grad_(False)
+    return unet

@@ -1,0 +1,343 @@
+"""Reward models ψ and the four evaluation metrics: world twins (tiny) and paper-scale wrappers.
+
+Every scorer maps (uint8 images [N, H, W, 3], prompts) → one score per image.
+
+World twins, trained here with each metric's own recipe on the world's data (never the real
+metric; their labels say "world twin"):
+
+* ``pickscore`` — the world CLIP finetuned on preference pairs with PickScore's objective:
+  softmax over the two images' scaled similarities to the prompt, cross-entropy against the
+  label distribution, ties kept as 0.5/0.5. Score = logit_scale · cos.
+* ``hpsv2`` — the world CLIP finetuned on preference pairs with ties dropped (HPSv2's pairwise
+  objective on human preference pairs). Score = cos (HPSv2 reports the cosine).
+* ``aesthetic`` — LAION's recipe: an MLP regression head on the frozen CLIP image embedding,
+  MSE against 1–10 ratings (the world's AVA stand-in). Prompt-free.
+* ``image_reward`` — ImageReward's recipe: a reward head on the frozen joint image–text features,
+  trained with the pairwise ranking loss −log σ(r_w − r_l), then standardised by the mean and
+  std of the training rewards (as ImageReward standardises its outputs).
+
+Paper-scale wrappers load the published weights: LAION aesthetic MLP on open_clip ViT-L/14,
+PickScore_v1 through transformers, HPSv2.1 on open_clip ViT-H-14. The pip packages ``hpsv2``
+and ``image-reward`` (and torchmetrics' CLIPScore) do not work with transformers 5 (removed
+imports; ``get_image_features`` now returns a model output), so they are wrapped here directly.
+ImageReward's BLIP backbone is not ported (see `_paper_image_reward`).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import CheckpointError, ConfigError
+
+KINDS = ("pickscore", "hpsv2", "aesthetic", "image_reward")
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's (open_clip OPENAI_DATASET_MEAN/STD)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_pixels(images, size: int):
+    """uint8 [N, H, W, 3] → CLIP input: bicubic resize to `size`, CLIP normalisation (the same
+    transform as open_clip's preprocess, on tensors so that thousands of tiny images are fast)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    m = torch.tensor(MEAN).view(1, 3, 1, 1)
+    s = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _mlp(dims, dropout=0.0):
+    import torch.nn as nn
+
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers += [nn.GELU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class Scorer:
+    def __init__(self, kind, fn, label):
+        self.kind, self.fn, self.label = kind, fn, label
+
+    def __call__(self, images, prompts, batch: int = 256) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                out.append(np.asarray(self.fn(images[i:i + batch], list(prompts[i:i + batch])),
+                                      dtype=np.float64))
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+# ---- world twins ----------------------------------------------------------------------------
+def _clip(clip_cfg):
+    from ...models import clip as clipm
+
+    model, _, tok = clipm.build(clip_cfg["model"])
+    clipm.load_weights(model, clip_cfg["weights"])
+    return model, tok
+
+
+def _image_size(model):
+    s = model.visual.image_size
+    return s[0] if isinstance(s, (tuple, list)) else s
+
+
+def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
+    """Trains one world twin (cfg["kind"]) and saves it to `out` (a torch file)."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from ...data.pickapic import decode, read_table
+    from ...training.schedule import set_threads
+
+    set_threads(threads)
+    t0 = time.time()
+    kind = cfg["kind"]
+    if kind not in KINDS:
+        raise ConfigError(f"reward kind {kind!r}: expected one of {list(KINDS)}")
+    seed = cfg["seed"]
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    tc = cfg["train"]
+    clip, tok = _clip(cfg["clip"])
+    size = _image_size(clip)
+    log = []
+    if kind == "aesthetic":
+        df = read_table(cfg["data"], required=("jpg", "rating"))
+        imgs = np.stack([decode(b, f"{cfg['data']}: row {k} (jpg)") for k, b in enumerate(df["jpg"])])
+        y = torch.tensor(df["rating"].to_numpy(np.float32))
+        with torch.no_grad():
+            emb = F.normalize(clip.encode_image(clip_pixels(imgs, size)), dim=-1)
+        head = _mlp([emb.shape[1], tc["hidden"], 16, 1], 0.1)
+        opt = torch.optim.AdamW(head.parameters(), lr=tc["lr"])
+        for step in tqdm(range(tc["steps"]), desc="aesthetic twin", disable=not progress,
+                         file=sys.stderr, mininterval=5):
+            idx = torch.randint(0, len(y), (tc["batch_size"],), generator=g)
+            loss = F.mse_loss(head(emb[idx]).squeeze(1), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 20 == 0:
+                log.append({"step": step, "loss": loss.item()})
+        state = {"head": head.state_dict(), "hidden": tc["hidden"]}
+    else:
+        pairs_all = read_table(cfg["data"])
+        l0 = torch.tensor(pairs_all["label_0"].to_numpy(np.float32))
+        keep = np.arange(len(l0)) if kind == "pickscore" else np.where(l0.numpy() != 0.5)[0]
+        im0 = np.stack([decode(pairs_all["jpg_0"].iloc[k], f"{cfg['data']}: row {k} (jpg_0)") for k in keep])
+        im1 = np.stack([decode(pairs_all["jpg_1"].iloc[k], f"{cfg['data']}: row {k} (jpg_1)") for k in keep])
+        x0, x1 = clip_pixels(im0, size), clip_pixels(im1, size)
+        caps = pairs_all["caption"].astype(str).to_numpy()[keep].tolist()
+        toks = tok(caps)
+        target = torch.stack([l0[keep], 1 - l0[keep]], 1)
+        if kind in ("pickscore", "hpsv2"):
+            opt = torch.optim.AdamW([p for p in clip.parameters() if p.requires_grad],
+                                    lr=tc["lr"], weight_decay=0.1)
+            clip.train()
+            for step in tqdm(range(tc["steps"]), desc=f"{kind} twin", disable=not progress,
+                             file=sys.stderr, mininterval=5):
+                idx = torch.randint(0, len(caps), (tc["batch_size"],), generator=g)
+                t = clip.encode_text(toks[idx], normalize=True)
+                i0 = clip.encode_image(x0[idx], normalize=True)
+                i1 = clip.encode_image(x1[idx], normalize=True)
+                s = clip.logit_scale.exp()
+                logits = s * torch.stack([(t * i0).sum(1), (t * i1).sum(1)], 1)
+                loss = -(target[idx] * F.log_softmax(logits, 1)).sum(1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    clip.logit_scale.clamp_(0, 4.6052)
+                if step % 10 == 0:
+                    log.append({"step": step, "loss": loss.item()})
+            state = {"clip": clip.state_dict()}
+        else:  # image_reward
+            with torch.no_grad():
+                t = clip.encode_text(toks, normalize=True)
+                e0 = clip.encode_image(x0, normalize=True)
+                e1 = clip.encode_image(x1, normalize=True)
+            f0, f1 = _joint(e0, t), _joint(e1, t)
+            head = _mlp([f0.shape[1], tc["hidden"], 16, 1], 0.1)
+            opt = torch.optim.AdamW(head.parameters(), lr=tc["lr"])
+            win0 = target[:, 0] > 0.5
+            fw = torch.where(win0[:, None], f0, f1)
+            fl = torch.where(win0[:, None], f1, f0)
+            for step in tqdm(range(tc["steps"]), desc="image_reward twin", disable=not progress,
+                             file=sys.stderr, mininterval=5):
+                idx = torch.randint(0, len(fw), (tc["batch_size"],), generator=g)
+                loss = -F.logsigmoid(head(fw[idx]) - head(fl[idx])).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step % 20 == 0:
+                    log.append({"step": step, "loss": loss.item()})
+            head.eval()
+            with torch.no_grad():
+                r = head(torch.cat([f0, f1])).squeeze(1)
+            state = {"head": head.state_dict(), "hidden": tc["hidden"],
+                     "mean": float(r.mean()), "std": float(r.std())}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"kind": kind, "clip_cfg": cfg["clip"], **state}, out)
+    from .diffusion import write_log
+
+    write_log(out.parent / "train_log.csv", log)
+    summary = {"kind": kind, "first_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
+               "wall_s": round(time.time() - t0, 2)}
+    (out.parent / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _joint(img, txt):
+    import torch
+
+    return torch.cat([img, txt, img * txt], 1)
+
+
+def load_twin(path) -> Scorer:
+    import torch
+
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: reward model file not found") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the reward model ({e})") from None
+    kind = st.get("kind")
+    if kind not in KINDS:
+        raise CheckpointError(f"{path}: unknown reward kind {kind!r}")
+    clip, tok = _clip(st["clip_cfg"])
+    if "clip" in st:
+        clip.load_state_dict(st["clip"])
+    clip.eval()
+    size = _image_size(clip)
+    head = None
+    if "head" in st:
+        d = next(iter(st["head"].values())).shape[1]
+        head = _mlp([d, st["hidden"], 16, 1], 0.1)
+        head.load_state_dict(st["head"])
+        head.eval()
+
+    def fn(images, prompts):
+        img = clip.encode_image(clip_pixels(images, size), normalize=True)
+        if kind == "aesthetic":
+            return head(img).squeeze(1).numpy()
+        txt = clip.encode_text(tok(prompts), normalize=True)
+        if kind == "image_reward":
+            return ((head(_joint(img, txt)).squeeze(1) - st["mean"]) / st["std"]).numpy()
+        cos = (img * txt).sum(1)
+        return (clip.logit_scale.exp() * cos if kind == "pickscore" else cos).numpy()
+
+    return Scorer(kind, fn, kind)
+
+
+# ---- paper-scale wrappers --------------------------------------------------------------------
+def _paper_aesthetic(rcfg):
+    """LAION improved aesthetic predictor: MLP (768→1024→128→64→16→1) on CLIP ViT-L/14 embeddings."""
+    import open_clip
+    import torch
+    import torch.nn as nn
+
+    model, _, pre = open_clip.create_model_and_transforms(rcfg["clip_arch"],
+                                                          pretrained=rcfg["clip_pretrained"])
+    mlp = nn.Sequential(nn.Linear(768, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
+                        nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16),
+                        nn.Linear(16, 1))
+    state = torch.load(rcfg["head_weights"], map_location="cpu", weights_only=True)
+    mlp.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
+    model.eval(), mlp.eval()
+    size = _image_size(model)
+
+    def fn(images, prompts):
+        return mlp(model.encode_image(clip_pixels(images, size), normalize=True)).squeeze(1).numpy()
+
+    return fn
+
+
+def _paper_pickscore(rcfg):
+    """PickScore_v1 (transformers CLIPModel): logit_scale · cos(text, image)."""
+    from transformers import AutoModel, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(rcfg["processor"])
+    model = AutoModel.from_pretrained(rcfg["model"]).eval()
+
+    def _t(o):  # transformers 5 returns a model output, not a tensor
+        return o if hasattr(o, "norm") else o.pooler_output
+
+    def fn(images, prompts):
+        px = proc(images=list(images), return_tensors="pt")
+        tx = proc(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        i = _t(model.get_image_features(**px))
+        t = _t(model.get_text_features(**tx))
+        i, t = i / i.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
+        return (model.logit_scale.exp() * (i * t).sum(1)).numpy()
+
+    return fn
+
+
+def _paper_hpsv2(rcfg):
+    """HPSv2.1: open_clip ViT-H-14 with the HPS checkpoint; score = cos(text, image)."""
+    import open_clip
+    import torch
+
+    model, _, _ = open_clip.create_model_and_transforms(rcfg["clip_arch"],
+                                                        pretrained=rcfg.get("clip_pretrained"))
+    state = torch.load(rcfg["checkpoint"], map_location="cpu", weights_only=False)
+    model.load_state_dict(state.get("state_dict", state))
+    tok = open_clip.get_tokenizer(rcfg["clip_arch"])
+    model.eval()
+    size = _image_size(model)
+
+    def fn(images, prompts):
+        i = model.encode_image(clip_pixels(images, size), normalize=True)
+        t = model.encode_text(tok(prompts), normalize=True)
+        return (i * t).sum(1).numpy()
+
+    return fn
+
+
+def _paper_image_reward(rcfg):
+    raise ConfigError(
+        "rewards.image_reward at paper scale: ImageReward's published model is a BLIP "
+        "(ViT-L + BERT cross-attention) checkpoint loaded by the `image-reward` package, which "
+        "fails to import with transformers 5; its weights are not yet ported to transformers' "
+        "Blip classes in this project. Use the world twin (tiny) or pin transformers<5 for it.")
+
+
+PAPER = {"aesthetic": _paper_aesthetic, "pickscore": _paper_pickscore, "hpsv2": _paper_hpsv2,
+         "image_reward": _paper_image_reward}
+
+
+def load_scorer(rcfg: dict) -> Scorer:
+    """A reward block: {"source": "twin", "path": ...} or {"source": "paper", "kind": ..., ...}."""
+    if rcfg["source"] == "twin":
+        return load_twin(rcfg["path"])
+    if rcfg["source"] == "paper":
+        return Scorer(rcfg["kind"], PAPER[rcfg["kind"]](rcfg), rcfg["kind"])
+    raise ConfigError(f"reward source {rcfg['source']!r}: expected 'twin' or 'paper'")
+
+
+def score_pairs(cfg: dict, out) -> dict:
+    """Scores both images of every pair once (ties dropped, winner first) → npz cache."""
+    from ...data.pickapic import load_pairs
+
+    t0 = time.time()
+    pairs = load_pairs(cfg["pairs"])
+    scorer = load_scorer(cfg["reward"])
+    w = scorer(pairs.images("winner"), pairs.captions)
+    l = scorer(pairs.images("loser"), pairs.captions)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, winner=w, loser=l)
+    return {"n_pairs": len(pairs), "n_ties_dropped": pairs.n_ties,
+            "psi_agrees_with_label": float((w > l).mean()), "wall_s": round(time.time() - t0, 2)}

@@ -1,0 +1,170 @@
+# Quality-aware pair ranking (plan 000): Pick-a-Pic-style pairs → reward scores → quality
+# ranking and selection → Diffusion-DPO (LoRA) → samples scored by the metric models.
+from mmablate.studies.pairrank.pipeline import upstream as pairrank_upstream
+
+
+def pairrank_in(stage):
+    return lambda w: pairrank_upstream(P, P.stage(stage, w.h))
+
+
+rule pairrank_world:
+    input:
+        cfg=stage_input("pairrank_world"),
+        src=sources("world"),
+    output:
+        f"{R}/pairrank/world/{{h}}/summary.json",
+    log:
+        f"logs/pairrank/world/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/world/{{h}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-world --config {input.cfg} --out {output} > {log} 2>&1"
+
+
+rule pairrank_base:
+    input:
+        cfg=stage_input("pairrank_base"),
+        up=pairrank_in("pairrank_base"),
+        src=sources("studies/pairrank/diffusion.py", "data/pickapic.py", "models", "training"),
+    output:
+        f"{R}/pairrank/base/{{h}}/t2i.json",
+    log:
+        f"logs/pairrank/base/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/base/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-pretrain --config {input.cfg} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule pairrank_reward:
+    input:
+        cfg=stage_input("pairrank_reward"),
+        up=pairrank_in("pairrank_reward"),
+        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models"),
+    output:
+        f"{R}/pairrank/reward/{{h}}/model.pt",
+    log:
+        f"logs/pairrank/reward/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/reward/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-reward --config {input.cfg} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule pairrank_score:
+    input:
+        cfg=stage_input("pairrank_score"),
+        up=pairrank_in("pairrank_score"),
+        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models"),
+    output:
+        f"{R}/pairrank/score/{{h}}/scores.npz",
+    log:
+        f"logs/pairrank/score/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/score/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-score --config {input.cfg} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule pairrank_select:
+    input:
+        cfg=stage_input("pairrank_select"),
+        up=pairrank_in("pairrank_select"),
+        src=sources("studies/pairrank/selection.py"),
+    output:
+        f"{R}/pairrank/select/{{h}}/selection.json",
+    log:
+        f"logs/pairrank/select/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/select/{{h}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-select --config {input.cfg} --out {output} > {log} 2>&1"
+
+
+rule pairrank_dpo:
+    input:
+        cfg=stage_input("pairrank_dpo"),
+        up=pairrank_in("pairrank_dpo"),
+        src=sources("studies/pairrank/dpo.py", "studies/pairrank/diffusion.py", "data/pickapic.py",
+                    "training"),
+    output:
+        f"{R}/pairrank/dpo/{{h}}/s{{seed}}/lora/adapter.pt",
+    log:
+        f"logs/pairrank/dpo/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/dpo/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-dpo --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule pairrank_eval:
+    input:
+        cfg=stage_input("pairrank_eval"),
+        up=pairrank_in("pairrank_eval"),
+        src=sources("studies/pairrank/evaluate.py", "studies/pairrank/rewards.py",
+                    "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py", "world/preference.py"),
+    output:
+        json=f"{R}/pairrank/eval/{{h}}/s{{seed}}/metrics.json",
+        grid=report(f"{R}/pairrank/eval/{{h}}/s{{seed}}/samples.png",
+                    caption="../report/pairrank_samples.rst", category="Figures",
+                    subcategory="pairrank samples"),
+    log:
+        f"logs/pairrank/eval/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/eval/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-eval --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
+
+
+rule pairrank_distfig:
+    input:
+        cfg=stage_input("pairrank_distfig"),
+        up=pairrank_in("pairrank_distfig"),
+        src=sources("studies/pairrank/figures.py", "studies/pairrank/selection.py"),
+    output:
+        png=report(f"{R}/pairrank/distfig/{{h}}/quality_distributions.png",
+                   caption="../report/pairrank_distributions.rst", category="Figures",
+                   subcategory="pairrank"),
+        pdf=f"{R}/pairrank/distfig/{{h}}/quality_distributions.pdf",
+    log:
+        f"logs/pairrank/distfig/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/pairrank/distfig/{{h}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m mmablate pairrank-distfig --config {input.cfg} --out {output.png} > {log} 2>&1"
