@@ -16,6 +16,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/rankclip.smk"
+include: "workflow/rules/mmalign.smk"
 include: "workflow/rules/report.smk"
 
 

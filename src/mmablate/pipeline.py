@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
-STUDIES = ("rankclip",)
+STUDIES = ("rankclip", "mmalign")
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
 
