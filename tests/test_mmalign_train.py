@@ -113,6 +113,7 @@ class CountingJudge:
         return len(response.split())
 
 
+@pytest.mark.slow
 def test_mixture_draws_offline_with_probability_p(setup):
     for p, expect_online in ((1.0, False), (0.0, True)):
         tr, rows, model, _, _ = _trainer(setup, 0.5, p, judge=CountingJudge())
@@ -165,6 +166,7 @@ def test_bdhs_mask_cut_and_retry(setup):
     assert len(recs) == len(pairs) and all(r["rejected_bdhs"].endswith(".") for r in recs)
 
 
+@pytest.mark.slow
 def test_real_sentence_embedder_is_offline():
     from mmablate.studies.mmalign.judge import SentenceSimilarity
 

@@ -6,7 +6,8 @@ and the reference model, with every image token kept in attention only if its un
 ≥ ρ_th (0.99: ~1% kept), continues it up to the end of the sentence (sampled, so that a retry
 differs). A sentence that starts with yes/no has that word flipped with probability 0.5 before
 the cut (which then keeps the flipped word). If the new sentence is too similar to the original
-(cosine of sentence embeddings ≥ `sim_threshold`), it is regenerated with a new cut and a new
+(cosine of sentence embeddings ≥ `sim_threshold`) or has no content (fewer than 3 tokens), it
+is regenerated with a new cut and a new
 mask, at most `max_tries` times; the last try is kept either way (and counted as not accepted).
 The preceding sentences of y⁺ are the context of each sentence (each is corrupted on its own).
 Written by hand: no library implements BDHS.
@@ -110,7 +111,9 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
         still = []
         for ui, s in zip(pending, sims):
             units[ui]["sim"] = float(s)
-            if s < cfg["sim_threshold"]:
+            # a sentence with no content (the model closed it at once) is retried like a too
+            # similar one
+            if s < cfg["sim_threshold"] and len(units[ui]["new"].split()) >= 3:
                 units[ui]["accepted"] = True
             else:
                 still.append(ui)
