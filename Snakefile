@@ -18,6 +18,7 @@ include: "workflow/rules/world.smk"
 include: "workflow/rules/rankclip.smk"
 include: "workflow/rules/pcclip.smk"
 include: "workflow/rules/pairrank.smk"
+include: "workflow/rules/mmalign.smk"
 include: "workflow/rules/report.smk"
 
 

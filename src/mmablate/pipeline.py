@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
-STUDIES = ("rankclip", "pcclip", "pairrank")
+STUDIES = ("rankclip", "pcclip", "pairrank", "mmalign")
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
 

@@ -1,0 +1,169 @@
+"""The multimodal-LLM alignment study (plan 004): BDHS and Mixed-DPO. Light imports only.
+
+Stages (each a job, shared where the config is the same):
+  mmalign_data  — the world's instruction data, POVID-style pairs and benchmarks (tiny/smoke);
+  mmalign_sft   — the tiny LLaVA built from config and instruction-tuned: the shared base
+                  (paper scale: skipped, the base is llava-hf/llava-v1.6-vicuna-7b-hf);
+  mmalign_bdhs  — BDHS negatives of every offline pair from the reference (= base) model, once;
+  mmalign_dpo   — per variant and seed: DPO (γ-averaged, p-mixed) then the eight benchmarks;
+  mmalign_eval  — the benchmarks of the base model itself (the reference row of the tables).
+"""
+from __future__ import annotations
+
+import math
+
+from ...errors import ConfigError
+
+TITLE = "Understanding Alignment in Multimodal LLMs (BDHS, Mixed-DPO)"
+ABLATABLE = {
+    "bdhs.gamma": "γ: weight of the external non-preferred response in the averaged DPO loss "
+                  "(1 − γ on the BDHS one), Eq. 5",
+    "mixed_dpo.p": "p: probability that an example is its offline pair (else an online pair "
+                   "sampled from the policy and ranked by the judge), Eq. 4",
+}
+_W = "world "  # the world versions of the benchmarks are labelled as such
+METRICS = {
+    "pope": {"label": "POPE F1 (avg of 3 splits)", "unit": "%", "higher_is_better": True},
+    "pope_acc": {"label": "POPE accuracy", "unit": "%", "higher_is_better": True},
+    "pope_yes_ratio": {"label": "POPE yes-ratio", "unit": "%", "higher_is_better": False},
+    "mmhal": {"label": "MMHAL score (0-6)", "unit": "", "higher_is_better": True},
+    "mmhalv": {"label": "MMHALv hallucination rate", "unit": "%", "higher_is_better": False},
+    "llavaw": {"label": "LLaVA-W relative score", "unit": "%", "higher_is_better": True},
+    "vqat": {"label": "VQA-T accuracy", "unit": "%", "higher_is_better": True},
+    "gqa": {"label": "GQA accuracy", "unit": "%", "higher_is_better": True},
+    "mmvet": {"label": "MM-Vet score", "unit": "%", "higher_is_better": True},
+    "recall_coco": {"label": "Recall-coco (object recall)", "unit": "%", "higher_is_better": True},
+}
+POPE_SPLITS = ("random", "popular", "adversarial")
+
+
+def dataset_name(scfg: dict, scale: str) -> str:
+    if scfg["data"]["source"] == "world":
+        return ("the synthetic world (world versions of POPE, MMHal, LLaVA-W, MM-Vet, TextVQA, "
+                "GQA, COCO recall; oracle judge)")
+    return "POPE, MMHal-Bench, LLaVA-Bench-in-the-wild, MM-Vet, TextVQA, GQA, COCO (judge: " \
+           f"{scfg['judge'].get('model')})"
+
+
+def check_value(key: str, value) -> None:
+    if key in ABLATABLE:
+        name = "γ" if key == "bdhs.gamma" else "p"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or not 0 <= value <= 1:
+            raise ValueError(f"{name} ({key}) must be a number in [0, 1], got {value!r}")
+
+
+def validate(scfg: dict, where: str) -> None:
+    from ...util import get_path
+
+    for key in ABLATABLE:
+        try:
+            check_value(key, get_path(scfg, key))
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{where}.{key}: {e}") from None
+    for k in ("rho_th", "sim_threshold", "flip_prob"):
+        v = scfg["bdhs"].get(k)
+        if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(f"{where}.bdhs.{k}: must be a number in [0, 1], got {v!r}")
+    if not isinstance(scfg["bdhs"].get("max_tries"), int) or scfg["bdhs"]["max_tries"] < 1:
+        raise ConfigError(f"{where}.bdhs.max_tries: must be an integer ≥ 1")
+    j = scfg["judge"]
+    if j.get("kind") not in ("oracle", "endpoint"):
+        raise ConfigError(f"{where}.judge.kind: {j.get('kind')!r}; known: oracle (world), endpoint")
+    if j["kind"] == "oracle" and scfg["data"]["source"] != "world":
+        raise ConfigError(f"{where}.judge.kind: the oracle judge only knows the synthetic world; "
+                          f"with real data set judge.kind: endpoint")
+    if j["kind"] == "endpoint" and not j.get("endpoint"):
+        raise ConfigError(f"{where}.judge.endpoint: the judged metrics (MMHAL, MMHALv, LLaVA-W, "
+                          f"MM-Vet) and the online-pair judge of Mixed-DPO need an "
+                          f"OpenAI-compatible judge endpoint (e.g. http://host:8000/v1 serving "
+                          f"{j.get('model') or 'the judge model'}); none is set")
+    data = scfg["data"]
+    if data["source"] == "files":
+        if not scfg["model"].get("base"):
+            raise ConfigError(f"{where}.model.base: real data need a base model id or directory")
+        for k in ("file", "images"):
+            if not data.get("pairs", {}).get(k):
+                raise ConfigError(f"{where}.data.pairs.{k}: required with data.source: files")
+        if not scfg["eval"].get("benchmarks"):
+            raise ConfigError(f"{where}.eval.benchmarks: required with data.source: files")
+    elif data["source"] != "world":
+        raise ConfigError(f"{where}.data.source: {data['source']!r}; known: world, files")
+
+
+def label(key: str, value) -> str:
+    name = "γ" if key == "bdhs.gamma" else "p"
+    return f"{name} = {value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+# ---- stages --------------------------------------------------------------------------------
+def _world(P, scfg):
+    """(data dir, benchmark paths, pairs, scenes) of the world, registering its stage."""
+    h = P.add_stage("mmalign_data", scfg["data"]["world"])
+    d = f"{P.results}/mmalign/data/{h}"
+    I = f"{d}/images"
+    bench = {
+        "pope": {"files": {sp: f"{d}/pope/coco_pope_{sp}.json" for sp in POPE_SPLITS}, "images": I},
+        "mmhal": {"file": f"{d}/mmhal/response_template.json", "images": I},
+        "llavaw": {"questions": f"{d}/llavaw/questions.jsonl",
+                   "answers": f"{d}/llavaw/answers_gpt4.jsonl", "images": I},
+        "mmvet": {"file": f"{d}/mmvet/mm-vet.json", "images": I},
+        "vqat": {"file": f"{d}/textvqa/TextVQA_0.5.1_val.json", "images": I},
+        "gqa": {"file": f"{d}/gqa/testdev_balanced_questions.json", "images": I},
+        "recall_coco": {"file": f"{d}/coco/instances_val.json", "images": I},
+    }
+    return d, bench, {"file": f"{d}/povid/povid_pairs.json", "images": I}, f"{d}/scenes.jsonl"
+
+
+def resolved(P, scfg):
+    """(base model, sft hash or None, benchmarks, pairs, scenes) for this study config."""
+    if scfg["data"]["source"] == "world":
+        d, bench, pairs, scenes = _world(P, scfg)
+        w = scfg["data"]["world"]
+        sft = {"seed": scfg["sft"]["seed"], "train": {k: v for k, v in scfg["sft"].items()
+                                                      if k != "seed"},
+               "model": scfg["model"]["tiny"], "colours": w["colours"], "shapes": w["shapes"],
+               "data": {"file": f"{d}/sft/llava_instruct.json", "images": f"{d}/images"}}
+        sh = P.add_stage("mmalign_sft", sft)
+        base = f"{P.results}/mmalign/sft/{sh}/model"
+    else:
+        sh, bench, scenes = None, scfg["eval"]["benchmarks"], None
+        pairs = scfg["data"]["pairs"]
+        base = scfg["model"]["base"]
+    pairs = {**pairs, "limit": scfg["data"].get("pairs_limit")}
+    return base, sh, bench, pairs, scenes
+
+
+def eval_config(scfg, bench, scenes) -> dict:
+    e = {k: v for k, v in scfg["eval"].items() if k not in ("benchmarks", "dataset_name")}
+    return {**e, "benchmarks": bench, "judge": scfg["judge"], "scenes": scenes}
+
+
+def bdhs_config(P, scfg, base, sh, pairs, scenes) -> str:
+    b = {k: v for k, v in scfg["bdhs"].items() if k != "gamma"}  # γ only weights the loss
+    return P.add_stage("mmalign_bdhs", {"reference": base, "sft": sh, "pairs": pairs, "bdhs": b,
+                                        "seed": scfg["bdhs"]["seed"], "scenes": scenes})
+
+
+def variant(P, vcfg: dict):
+    base, sh, bench, pairs, scenes = resolved(P, vcfg)
+    gamma = vcfg["bdhs"]["gamma"]
+    bh = bdhs_config(P, vcfg, base, sh, pairs, scenes) if gamma < 1 else None
+    cfg = {"model": {"base": base, "lora": vcfg["model"].get("lora")}, "sft": sh, "bdhs_stage": bh,
+           "bdhs_file": f"{P.results}/mmalign/bdhs/{bh}/bdhs.jsonl" if bh else None,
+           "pairs": pairs, "bdhs": {"gamma": gamma}, "mixed_dpo": vcfg["mixed_dpo"],
+           "dpo": vcfg["dpo"], "train": vcfg["train"], "judge": vcfg["judge"], "scenes": scenes,
+           "eval": eval_config(vcfg, bench, scenes)}
+    h = P.add_stage("mmalign_dpo", cfg)
+    return h, {s: f"{P.results}/mmalign/dpo/{h}/s{s}/metrics.json" for s in P.seeds}
+
+
+def references(P, scfg):
+    """The base model (SFT at tiny scale, LLaVA-1.6 at paper scale) as the reference row."""
+    from ...pipeline import Row
+
+    base, sh, bench, _, scenes = resolved(P, scfg)
+    h = P.add_stage("mmalign_eval", {"model": base, "sft": sh, "eval": eval_config(scfg, bench, scenes)})
+    return [Row("base (SFT)" if sh else "base", None, False, h,
+                {0: f"{P.results}/mmalign/eval/{h}/metrics.json"}, kind="reference")]
+

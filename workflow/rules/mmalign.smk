@@ -1,0 +1,135 @@
+# The multimodal-LLM alignment study (plan 004): world data -> SFT base -> BDHS negatives ->
+# per variant and seed DPO (BDHS γ, Mixed-DPO p) + benchmarks; the base model's benchmarks.
+MMA_SRC = "studies/mmalign"
+
+
+def mmalign_world_input(stage):
+    """The world summary a job needs (nothing when its data are real files)."""
+
+    def f(w):
+        cfg = P.stage(stage, w.h)
+        scenes = cfg.get("scenes") or (cfg.get("eval") or {}).get("scenes")
+        return [str(Path(scenes).parent / "summary.json")] if scenes else []
+
+    return f
+
+
+def mmalign_sft_input(stage):
+    def f(w):
+        sh = P.stage(stage, w.h).get("sft")
+        return [f"{R}/mmalign/sft/{sh}/summary.json"] if sh else []
+
+    return f
+
+
+def mmalign_bdhs_input(w):
+    bh = P.stage("mmalign_dpo", w.h).get("bdhs_stage")
+    return [f"{R}/mmalign/bdhs/{bh}/bdhs.jsonl"] if bh else []
+
+
+rule mmalign_data:
+    input:
+        cfg=stage_input("mmalign_data"),
+        src=sources(f"{MMA_SRC}/worlddata.py", "world"),
+    output:
+        f"{R}/mmalign/data/{{h}}/summary.json",
+    log:
+        f"logs/mmalign/data/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/data/{{h}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-data --config {input.cfg} --out {output} > {log} 2>&1"
+
+
+rule mmalign_sft:
+    input:
+        cfg=stage_input("mmalign_sft"),
+        world=lambda w: [str(Path(P.stage("mmalign_sft", w.h)["data"]["file"]).parent.parent
+                             / "summary.json")],
+        src=sources(f"{MMA_SRC}/sft.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "training"),
+    output:
+        f"{R}/mmalign/sft/{{h}}/summary.json",
+    log:
+        f"logs/mmalign/sft/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/sft/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-sft --config {input.cfg} --out {output} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule mmalign_bdhs:
+    input:
+        cfg=stage_input("mmalign_bdhs"),
+        world=mmalign_world_input("mmalign_bdhs"),
+        sft=mmalign_sft_input("mmalign_bdhs"),
+        src=sources(f"{MMA_SRC}/bdhs.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/judge.py",
+                    f"{MMA_SRC}/data.py"),
+    output:
+        f"{R}/mmalign/bdhs/{{h}}/bdhs.jsonl",
+    log:
+        f"logs/mmalign/bdhs/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/bdhs/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-bdhs --config {input.cfg} --out {output} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule mmalign_dpo:
+    input:
+        cfg=stage_input("mmalign_dpo"),
+        world=mmalign_world_input("mmalign_dpo"),
+        sft=mmalign_sft_input("mmalign_dpo"),
+        bdhs=mmalign_bdhs_input,
+        src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py",
+                    f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "world/vqa.py"),
+    output:
+        f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",
+    log:
+        f"logs/mmalign/dpo/{{h}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/dpo/{{h}}/s{{seed}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-dpo --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule mmalign_eval:
+    input:
+        cfg=stage_input("mmalign_eval"),
+        world=mmalign_world_input("mmalign_eval"),
+        sft=mmalign_sft_input("mmalign_eval"),
+        src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
+                    f"{MMA_SRC}/data.py", "world/vqa.py"),
+    output:
+        f"{R}/mmalign/eval/{{h}}/metrics.json",
+    log:
+        f"logs/mmalign/eval/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/eval/{{h}}.tsv"
+    threads: P.threads
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-eval --config {input.cfg} --out {output} --threads {threads}"
+        " > {log} 2>&1"
