@@ -13,6 +13,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
 
 
+STUDY_IDS = ("rankclip", "pcclip", "pairrank", "mmalign")
+
+
+def with_ablations(cfg: dict) -> dict:
+    """Writes each study's plan-derived ablations into its config block (explicit form), so a
+    test can edit them as a user editing the config would."""
+    from mmablate.pipeline import effective_ablations, plans_dir
+    from mmablate.plans.load import load_plans, plan_files
+
+    for study, abls in effective_ablations(cfg, load_plans(plan_files(plans_dir(cfg)))).items():
+        cfg["studies"][study]["ablations"] = abls
+    return cfg
+
+
+def only_study(cfg: dict, study: str) -> dict:
+    for s in cfg["studies"]:
+        cfg["studies"][s]["enabled"] = s == study
+    return cfg
+
+
 @pytest.fixture
 def smoke_config():
     import yaml
@@ -21,7 +41,7 @@ def smoke_config():
 
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
-    return cfg
+    return with_ablations(cfg)
 
 
 def copy_workflow(dst: Path) -> Path:

@@ -7,12 +7,12 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, copy_workflow
+from .conftest import REPO, copy_workflow, with_ablations
 from mmablate.cli import _merge
 from mmablate.errors import ConfigError
 from mmablate.pipeline import Pipeline
 
-ONLY = {"studies": {"rankclip": {"enabled": False}}}
+ONLY = {"studies": {s: {"enabled": False} for s in ("rankclip", "pcclip", "pairrank")}}
 
 
 def cfg(*overlays):
@@ -20,7 +20,7 @@ def cfg(*overlays):
     for o in overlays:
         _merge(c, copy.deepcopy(o) if isinstance(o, dict) else
                yaml.safe_load((REPO / o).read_text()))
-    return c
+    return with_ablations(c)
 
 
 def test_variants_share_the_base_and_the_bdhs_data():

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, copy_workflow
+from .conftest import REPO, copy_workflow, only_study, with_ablations
 from mmablate.cli import _merge
 from mmablate.errors import ConfigError
 from mmablate.pipeline import Pipeline
@@ -17,7 +17,7 @@ from mmablate.pipeline import Pipeline
 def paper_config(tmp_path):
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _merge(cfg, yaml.safe_load((REPO / "config/scales/paper.yaml").read_text()))
-    cfg["studies"]["rankclip"]["enabled"] = False
+    only_study(with_ablations(cfg), "pairrank")
     (tmp_path / "pickapic").mkdir()
     pd.DataFrame({"caption": ["a cat"], "jpg_0": [b"x"], "jpg_1": [b"y"], "label_0": [1.0],
                   "label_1": [0.0]}).to_parquet(tmp_path / "pickapic/train-0.parquet")

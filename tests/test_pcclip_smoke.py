@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_workflow
+from .conftest import copy_workflow
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from mmablate.errors import CheckpointError, ConfigError, DataError
 from mmablate.studies.pcclip import captioners as C
 from mmablate.studies.pcclip import data as D
 from mmablate.studies.pcclip.evaluate import arithmetic, clipscore, diff_accuracy, diff_scores
+from .conftest import only_study, with_ablations
 from mmablate.studies.pcclip.losses import Combine, PairLoss, hinge_loss
 from mmablate.world.pairs import ATTRIBUTES, difference, sample_pair
 from mmablate.world.scenes import WorldSampler
@@ -335,7 +336,7 @@ def test_paper_config_is_valid_with_standins(tmp_path, smoke_config):
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     paper = yaml.safe_load((REPO / "config/scales/paper.yaml").read_text())
     _merge(cfg, paper)
-    cfg["studies"]["rankclip"]["enabled"] = False
+    only_study(with_ablations(cfg), "pcclip")
     pc = cfg["studies"]["pcclip"]
     assert pc["base"]["model"] == {"arch": "ViT-L-14", "pretrained": "datacomp_xl_s13b_b90k",
                                    "tokenizer": "open_clip"}
