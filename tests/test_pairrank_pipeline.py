@@ -52,7 +52,7 @@ def test_paper_config_uses_real_ids_and_says_what_is_missing(tmp_path):
 def test_smoke_run_end_to_end(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"seeds": 1, "studies": {"rankclip": {"enabled": False}}}))
+    overlay.write_text(yaml.safe_dump({"seeds": 1, "studies": {s: {"enabled": s == "pairrank"} for s in ("rankclip", "pcclip", "pairrank", "mmalign")}}))
     cmd = ["snakemake", "--cores", "2", "all", "--configfile", "config/config.yaml",
            "config/scales/smoke.yaml", str(overlay), "-q"]
     r = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=1800)

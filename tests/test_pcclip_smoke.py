@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import copy_workflow
+from .conftest import copy_workflow, with_ablations
 
 
 @pytest.mark.slow
 def test_pcclip_smoke_end_to_end(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
-    cfg = yaml.safe_load((wf / "config/config.yaml").read_text())
+    cfg = with_ablations(yaml.safe_load((wf / "config/config.yaml").read_text()))
     overlay = {"seeds": 1, "studies": {s: {"enabled": s == "pcclip"} for s in cfg["studies"]}}
     # one replacement per ablation keeps the run short; the full plans run at the tiny scale
     abl = cfg["studies"]["pcclip"]["ablations"]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import REPO, copy_workflow
+from .conftest import REPO, copy_workflow, with_ablations
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_a_complete_run_has_nothing_to_do(done):
 
 def test_changing_one_value_reruns_that_variant_and_its_tables(done):
     cfg = yaml.safe_load((done / "overlay.yaml").read_text())
-    base = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    base = with_ablations(yaml.safe_load((REPO / "config/config.yaml").read_text()))
     abl = base["studies"]["rankclip"]["ablations"]
     abl[0]["values"] = [0.5 if v == 0.25 else v for v in abl[0]["values"]]
     cfg["studies"]["rankclip"]["ablations"] = abl
