@@ -46,6 +46,7 @@ def smoke_config():
 
 def copy_workflow(dst: Path) -> Path:
     """A runnable copy of the workflow and package (edits to it do not touch the repo)."""
+    dst.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "workflow", "config", "src", "envs", "profiles"):
         src = REPO / name
         if src.is_dir():
