@@ -21,7 +21,7 @@ from .conftest import REPO, copy_workflow
 
 pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests/slurm/cluster.sh"
-SLURM_RUN_LIMIT = 330  # seconds; snakemake is killed (SIGKILL) past it
+SLURM_RUN_LIMIT = 1500  # seconds (four studies at smoke scale); snakemake is SIGKILLed past it
 
 
 @pytest.fixture(scope="module")
