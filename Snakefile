@@ -16,8 +16,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/rankclip.smk"
+include: "workflow/rules/pcclip_inputs.smk"
 include: "workflow/rules/pcclip.smk"
+include: "workflow/rules/pairrank_inputs.smk"
 include: "workflow/rules/pairrank.smk"
+include: "workflow/rules/mmalign_inputs.smk"
 include: "workflow/rules/mmalign.smk"
 include: "workflow/rules/report.smk"
 

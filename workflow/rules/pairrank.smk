@@ -1,12 +1,3 @@
-# Quality-aware pair ranking (plan 000): Pick-a-Pic-style pairs → reward scores → quality
-# ranking and selection → Diffusion-DPO (LoRA) → samples scored by the metric models.
-from mmablate.studies.pairrank.pipeline import upstream as pairrank_upstream
-
-
-def pairrank_in(stage):
-    return lambda w: pairrank_upstream(P, P.stage(stage, w.h))
-
-
 rule pairrank_world:
     input:
         cfg=stage_input("pairrank_world"),

@@ -1,19 +1,3 @@
-# PC-CLIP (plans 001, 002): pairs → captioner LMs → difference captions → (shared) image
-# embeddings → finetuning per variant → evaluation. Logic in mmablate.studies.pcclip.
-
-
-def pcclip_base(stage):
-    """The base model's weights of seed {seed} (nothing for pretrained weights loaded by tag)."""
-    def f(w):
-        base = P.stage(stage, w.h)["base"]
-        return [] if base is None else [f"{base['dir']}/s{w.seed}/model.pt"]
-    return f
-
-
-def pcclip_pairs_of(stage):
-    return lambda w: P.stage(stage, w.h)["pairs"]
-
-
 rule pcclip_pairs:
     input:
         cfg=stage_input("pcclip_pairs"),
@@ -49,12 +33,6 @@ rule pcclip_captioner:
     shell:
         "python -m mmablate pcclip-captioner --config {input.cfg} --out {output}"
         " --threads {threads} > {log} 2>&1"
-
-
-def pcclip_captioner_of(w):
-    src = P.stage("pcclip_captions", w.h)["source"]
-    trained = f"{R}/pcclip/captioner/"
-    return [src[: -len("/model")] + "/summary.json"] if src and src.startswith(trained) else []
 
 
 rule pcclip_captions:
@@ -101,14 +79,6 @@ rule pcclip_embed:
         " --out {output} --threads {threads} > {log} 2>&1"
 
 
-def pcclip_finetune_inputs(w):
-    cfg = P.stage("pcclip_finetune", w.h)
-    out = {"captions": f"{R}/pcclip/captions/{cfg['captions']}/captions.csv"}
-    if cfg["embed"] is not None:
-        out["embed"] = f"{R}/pcclip/embed/{cfg['embed']}/s{w.seed}/embeddings.pt"
-    return out
-
-
 rule pcclip_finetune:
     input:
         unpack(pcclip_finetune_inputs),
@@ -134,16 +104,6 @@ rule pcclip_finetune:
         "python -m mmablate pcclip-finetune --config {input.cfg} --seed {wildcards.seed}"
         " --captions {input.captions} {params.embed} --out {output} --threads {threads}"
         " > {log} 2>&1"
-
-
-def pcclip_eval_inputs(w):
-    cfg = P.stage("pcclip_eval", w.h)
-    out = {}
-    if cfg["finetune"] is not None:
-        out["model"] = f"{R}/pcclip/finetune/{cfg['finetune']}/s{w.seed}/model.pt"
-    if cfg["world_root"] is not None:
-        out["world"] = f"{cfg['world_root']}/summary.json"
-    return out
 
 
 rule pcclip_eval:
