@@ -19,7 +19,7 @@ def pcclip_pairs_of(stage):
 def pcclip_captioner_of(w):
     src = P.stage("pcclip_captions", w.h)["source"]
     trained = f"{R}/pcclip/captioner/"
-    return [src.rsplit("/", 1)[0] + "/summary.json"] if src and src.startswith(trained) else []
+    return [str(Path(src).parent / "summary.json")] if src and src.startswith(trained) else []
 
 
 def pcclip_finetune_inputs(w):
