@@ -215,13 +215,13 @@ def test_colour_oracle_on_rendered_images():
 
 
 # ---- Stable Diffusion loader on a local save_pretrained stand-in ------------------------------
-def test_sd_pipeline_directory_loads_samples_and_trains(tmp_path):
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    """A tiny Stable Diffusion pipeline saved with save_pretrained (the paper scale's format)."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from mmablate.errors import CheckpointError
-    from mmablate.studies.pairrank.diffusion import load_t2i
-
+    tmp_path = tmp_path_factory.mktemp("sd_standin")
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in string.ascii_lowercase:
         vocab[c] = len(vocab)
@@ -247,7 +247,14 @@ def test_sd_pipeline_directory_loads_samples_and_trains(tmp_path):
                             scheduler=DDPMScheduler(clip_sample=False), safety_checker=None,
                             feature_extractor=None, requires_safety_checker=False
                             ).save_pretrained(tmp_path / "sd")
-    m = load_t2i({"kind": "sd", "pretrained": str(tmp_path / "sd")})
+    return tmp_path / "sd"
+
+
+def test_sd_pipeline_directory_loads_samples_and_trains(tmp_path, sd_dir):
+    from mmablate.errors import CheckpointError
+    from mmablate.studies.pairrank.diffusion import load_t2i
+
+    m = load_t2i({"kind": "sd", "pretrained": str(sd_dir)})
     assert m.image_size == 16
     im = m.sample(["a red circle", "a blue square"], seed=0, steps=2, guidance=2.0)
     assert im.shape == (2, 16, 16, 3) and im.dtype == np.uint8
@@ -291,3 +298,27 @@ def test_variants_share_jobs(smoke_config):
     labels = {m["id"]: m["label"] for m in P.ablation_config(q)["metrics"]}
     assert all("world twin" in v for v in labels.values())
     assert any("quality_distributions" in x for x in P.targets())
+
+
+def test_dpo_stopped_and_resumed_equals_uninterrupted(tmp_path, sd_dir, world):
+    """LoRA Diffusion-DPO resumes from its adapter-only checkpoint to the same adapter."""
+    import torch
+
+    from mmablate.data.pickapic import load_pairs
+    from mmablate.studies.pairrank.dpo import train_dpo
+
+    d, _ = world
+    pairs = d / "pairs_train.parquet"
+    sel = tmp_path / "selection.json"
+    sel.write_text(json.dumps({"pairs": str(pairs), "indices": list(range(len(load_pairs(pairs))))[:8]}))
+    cfg = {"selection": str(sel), "model": {"kind": "sd", "pretrained": str(sd_dir)},
+           "train": {"beta": 5000, "lora_rank": 4, "lora_alpha": 4, "lr": 0.01, "steps": 5,
+                     "batch_size": 4, "warmup": 1, "ckpt_every": 2, "log_every": 1}}
+    whole = train_dpo(cfg, 0, tmp_path / "a", progress=False)
+    assert train_dpo(cfg, 0, tmp_path / "b", stop_after=3, progress=False) == {"stopped_at": 3}
+    resumed = train_dpo(cfg, 0, tmp_path / "b", progress=False)
+    assert resumed["resumed_from"] == 3 and resumed["final_loss"] == whole["final_loss"]
+    a = torch.load(tmp_path / "a/lora/adapter.pt")
+    b = torch.load(tmp_path / "b/lora/adapter.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it trained

@@ -48,3 +48,72 @@ def load_latest(ckpt_dir, log=None) -> dict | None:
         print(f"[checkpoint] resuming from {path} (step {state['step']})", file=log)
         return state
     return None
+
+
+class Resumable:
+    """One training loop's checkpointing, shared by every study's trainer.
+
+    ``parts`` maps a name to anything with ``state_dict()`` / ``load_state_dict()`` (model,
+    optimizer, scheduler, an extra head) or to a ``(get, set)`` pair of callables (e.g. peft's
+    adapter-only state). ``rng`` also saves and restores torch's global RNG, so a resumed run
+    draws the same random numbers as an uninterrupted one.
+
+        ckpt = Resumable(ckpt_dir, {"model": m, "optimizer": opt, "scheduler": sch},
+                         every=100, total=steps, stop_after=stop_after)
+        start, log_rows = ckpt.resume()
+        for step in range(start, steps):
+            ...
+            if ckpt.step_done(step + 1, log_rows):
+                return {"stopped_at": step + 1}
+    """
+
+    def __init__(self, ckpt_dir, parts: dict, *, every: int, total: int,
+                 stop_after: int | None = None, rng: bool = True, keep: int = 2):
+        if every < 1:
+            raise ValueError(f"ckpt_every must be ≥ 1, got {every}")
+        self.ckpt_dir, self.parts, self.every, self.total = Path(ckpt_dir), dict(parts), every, total
+        self.stop_after, self.rng, self.keep = stop_after, rng, keep
+
+    @staticmethod
+    def _get(part):
+        return part[0]() if isinstance(part, tuple) else part.state_dict()
+
+    @staticmethod
+    def _set(part, state):
+        if isinstance(part, tuple):
+            part[1](state)
+        else:
+            part.load_state_dict(state)
+
+    def resume(self, log=None) -> tuple[int, list]:
+        """Load the newest readable checkpoint into the parts; (first step to run, log rows)."""
+        import torch
+
+        state = load_latest(self.ckpt_dir, log)
+        if state is None:
+            return 0, []
+        missing = [name for name in self.parts if name not in state]
+        if missing:
+            raise ValueError(f"{self.ckpt_dir}: checkpoint of step {state['step']} lacks "
+                             f"{missing}; it was written by another trainer (delete the folder "
+                             f"to start over)")
+        for name, part in self.parts.items():
+            self._set(part, state[name])
+        if self.rng and "rng" in state:
+            torch.set_rng_state(state["rng"])
+        return state["step"], list(state.get("log", []))
+
+    def step_done(self, done: int, log_rows: list) -> bool:
+        """Save when due (every ``every`` steps, at the end, at ``stop_after``); True to stop."""
+        import torch
+
+        stop = self.stop_after is not None and done >= self.stop_after
+        if done % self.every == 0 or done == self.total or stop:
+            state = {name: self._get(part) for name, part in self.parts.items()}
+            state.update(step=done, log=log_rows)
+            if self.rng:
+                state["rng"] = torch.get_rng_state()
+            save(state, self.ckpt_dir, done, self.keep)
+        if stop:
+            print(f"stopping after step {done} as asked (--stop-after)", file=sys.stderr)
+        return stop

@@ -79,13 +79,11 @@ def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=Tr
     items, pixel_values = encode_records(proc, records)
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     sched = make_scheduler(opt, tc["warmup"], tc["steps"])
-    start, log_rows = 0, []
-    state = checkpoint.load_latest(ckpt_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, log_rows = state["step"], state["log"]
+    # the data order comes from per-step generators, so torch's global RNG is not saved
+    ckpt = checkpoint.Resumable(ckpt_dir, {"model": model, "optimizer": opt, "scheduler": sched},
+                                every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after,
+                                rng=False)
+    start, log_rows = ckpt.resume()
     model.train()
     bs = tc["batch_size"]
     bar = tqdm(range(start, tc["steps"]), desc="sft", disable=not progress, mininterval=5,
@@ -105,12 +103,8 @@ def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=Tr
         if step % tc["log_every"] == 0 or step == tc["steps"] - 1:
             log_rows.append({"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0]})
             bar.set_postfix(loss=f"{float(loss):.3f}")
-        done = step + 1
-        if done % tc["ckpt_every"] == 0 or done == tc["steps"] or done == stop_after:
-            checkpoint.save({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "log": log_rows}, ckpt_dir, done)
-        if stop_after is not None and done >= stop_after:
-            return {"stopped_at": done}
+        if ckpt.step_done(step + 1, log_rows):
+            return {"stopped_at": step + 1}
     model.save_pretrained(out_dir / "model")
     proc.save_pretrained(out_dir / "model")
     with open(out_dir / "train_log.csv", "w", newline="") as f:

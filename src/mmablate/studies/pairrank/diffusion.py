@@ -211,14 +211,9 @@ def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None
     x_all = t2i.to_latent(images)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     lr_sched = make_scheduler(opt, tc["warmup"], tc["steps"])
-    start, log_rows = 0, []
-    state = checkpoint.load_latest(ckpt_dir)
-    if state is not None:
-        unet.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start, log_rows = state["step"], state["log"]
+    ckpt = checkpoint.Resumable(ckpt_dir, {"model": unet, "optimizer": opt, "scheduler": lr_sched},
+                                every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after)
+    start, log_rows = ckpt.resume()
     unet.train()
     bf16 = device == "cuda"
     g = torch.Generator().manual_seed(seed)
@@ -244,13 +239,8 @@ def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None
         if step % tc.get("log_every", 10) == 0 or step == tc["steps"] - 1:
             log_rows.append({"step": step, "loss": loss.item(), "lr": lr_sched.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % tc["ckpt_every"] == 0 or done == tc["steps"] or done == stop_after:
-            checkpoint.save({"step": done, "model": unet.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": lr_sched.state_dict(), "rng": torch.get_rng_state(),
-                             "log": log_rows}, ckpt_dir, done)
-        if stop_after is not None and done >= stop_after:
-            return {"stopped_at": done}
+        if ckpt.step_done(step + 1, log_rows):
+            return {"stopped_at": step + 1}
     unet.save_pretrained(out_dir / "unet")
     noise_sched.save_pretrained(out_dir / "scheduler")
     write_log(out_dir / "train_log.csv", log_rows)

@@ -105,16 +105,19 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     params = add_lora(t2i.unet, tc["lora_rank"], tc.get("lora_alpha"))
     opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
     lr_sched = make_scheduler(opt, tc["warmup"], tc["steps"])
-    start, log_rows = 0, []
-    state = checkpoint.load_latest(ckpt_dir)
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    if state is not None:
-        set_peft_model_state_dict(t2i.unet, state["model"])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["scheduler"])
-        start, log_rows = state["step"], state["log"]
-    g = torch.Generator().manual_seed(seed * 7919 + start)
+    # only the adapters are saved, and the state of the generator that draws batches, noise and
+    # timesteps (a resumed run continues the uninterrupted run's random stream exactly)
+    g = torch.Generator().manual_seed(seed * 7919)
+    adapters = (lambda: get_peft_model_state_dict(t2i.unet),
+                lambda s: set_peft_model_state_dict(t2i.unet, s))
+    ckpt = checkpoint.Resumable(ckpt_dir, {"model": adapters, "optimizer": opt,
+                                           "scheduler": lr_sched,
+                                           "generator": (g.get_state, g.set_state)},
+                                every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after,
+                                rng=False)
+    start, log_rows = ckpt.resume()
     t2i.unet.train()
     bs = min(tc["batch_size"], len(pairs))
     bar = tqdm(range(start, tc["steps"]), desc=f"diffusion-dpo seed {seed}", disable=not progress,
@@ -133,13 +136,8 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
             log_rows.append({"step": step, "loss": loss.item(), "implicit_acc": acc.item(),
                              "lr": lr_sched.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % tc["ckpt_every"] == 0 or done == tc["steps"] or done == stop_after:
-            checkpoint.save({"step": done, "model": get_peft_model_state_dict(t2i.unet),
-                             "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict(),
-                             "log": log_rows}, ckpt_dir, done)
-        if stop_after is not None and done >= stop_after:
-            return {"stopped_at": done}
+        if ckpt.step_done(step + 1, log_rows):
+            return {"stopped_at": step + 1}
     lora = out_dir / "lora"
     lora.mkdir(parents=True, exist_ok=True)
     torch.save(get_peft_model_state_dict(t2i.unet), lora / "adapter.pt")

@@ -141,15 +141,10 @@ def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: s
     groups = [g for g in groups if g["params"]]
     opt = torch.optim.AdamW(groups, lr=fc["lr"], betas=(0.9, 0.98), eps=1e-6)
     sched = make_scheduler(opt, fc["warmup"], fc["steps"])
-    start, log_rows = 0, []
-    state = checkpoint.load_latest(ckpt_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        combine.load_state_dict(state["combine"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start, log_rows = state["step"], state["log"]
+    ckpt = checkpoint.Resumable(ckpt_dir, {"model": model, "combine": combine, "optimizer": opt,
+                                           "scheduler": sched},
+                                every=fc["ckpt_every"], total=fc["steps"], stop_after=stop_after)
+    start, log_rows = ckpt.resume()
     model.train()
     if fc["encoders"] == "text":
         model.visual.eval()
@@ -174,15 +169,8 @@ def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: s
         if step % fc.get("log_every", 10) == 0 or step == fc["steps"] - 1:
             log_rows.append({"step": step, "lr": sched.get_last_lr()[0], "loss": float(loss)})
             bar.set_postfix(loss=f"{float(loss):.3f}")
-        done = step + 1
-        if done % fc["ckpt_every"] == 0 or done == fc["steps"] or done == stop_after:
-            checkpoint.save({"step": done, "model": model.state_dict(),
-                             "combine": combine.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                             "log": log_rows}, ckpt_dir, done)
-        if stop_after is not None and done >= stop_after:
-            print(f"stopping after step {done} as asked (--stop-after)", file=sys.stderr)
-            return {"stopped_at": done}
+        if ckpt.step_done(step + 1, log_rows):
+            return {"stopped_at": step + 1}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "combine": combine.state_dict(),
                 "combine_op": fc["combine"], "dim": dim}, out.with_suffix(".tmp"))

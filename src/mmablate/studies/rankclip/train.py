@@ -61,14 +61,9 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
     if cuda and images_all.numel() * images_all.element_size() < tc.get("gpu_preload_bytes", 4 << 30):
         images_all, texts_all = images_all.to(device), texts_all.to(device)
     sched = make_scheduler(opt, tc["warmup"], tc["steps"])
-    start, log_rows = 0, []
-    state = checkpoint.load_latest(ckpt_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start, log_rows = state["step"], state["log"]
+    ckpt = checkpoint.Resumable(ckpt_dir, {"model": model, "optimizer": opt, "scheduler": sched},
+                                every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after)
+    start, log_rows = ckpt.resume()
     model.train()
     # bf16 autocast as open_clip's amp_bf16 (RankCLIP trains in mixed precision); the losses in
     # fp32. Attention runs through torch's fused SDPA kernels (nn.MultiheadAttention in open_clip).
@@ -96,14 +91,8 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
             row.update({k: float(v.detach()) for k, v in losses.items()})
             log_rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
-        done = step + 1
-        if done % tc["ckpt_every"] == 0 or done == tc["steps"] or done == stop_after:
-            checkpoint.save({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                             "log": log_rows}, ckpt_dir, done)
-        if stop_after is not None and done >= stop_after:
-            print(f"stopping after step {done} as asked (--stop-after)", file=sys.stderr)
-            return {"stopped_at": done}
+        if ckpt.step_done(step + 1, log_rows):
+            return {"stopped_at": step + 1}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out.with_suffix(".tmp"))
     out.with_suffix(".tmp").replace(out)
