@@ -95,7 +95,7 @@ def test_bad_config_names_file_and_key(explicit, mutate, message):
 
 
 def test_stage_configs_written_only_when_changed(smoke_config, tmp_path):
-    P = Pipeline(only(smoke_config), ["x"], results=str(tmp_path))
+    Pipeline(only(smoke_config), ["x"], results=str(tmp_path))
     f = next((tmp_path / "configs" / "rankclip_train").iterdir())
     json.loads(f.read_text())
     before = f.stat().st_mtime_ns

@@ -1,8 +1,6 @@
 """Pair-ranking study through the pipeline: paper-scale config on local stand-ins, smoke run."""
-import copy
 import json
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -1,5 +1,4 @@
 """Pair-ranking study: Diffusion-DPO loss, selection, Pick-a-Pic loader, SD stand-in, oracle."""
-import io
 import json
 import math
 import string
@@ -170,7 +169,9 @@ def test_world_writes_pickapic_schema_and_loader_drops_ties(world):
         t = json.loads(nt.truth_0[k] if first[k] else nt.truth_1[k])
         src = nt.jpg_0[k] if first[k] else nt.jpg_1[k]
         assert pairs.winners[k] == src
+        assert pairs.losers[k] == (nt.jpg_1[k] if first[k] else nt.jpg_0[k])
         assert "renderer" in t
+    assert lose.shape == win.shape and not np.array_equal(win, lose)
     prompts = json.loads((d / "prompts.json").read_text())
     assert not set(prompts["eval"]) & set(prompts["train"])
 

@@ -10,7 +10,6 @@ from mmablate.report.tables import make_tables
 
 @pytest.fixture
 def ablation(tmp_path):
-    rows = []
     vals = {"0": [10.0, 12.0], "0.0625": [20.0, 22.0], "0.25": [15.0, 15.0]}
     ab_rows = []
     for label, (a, b) in vals.items():

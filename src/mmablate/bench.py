@@ -196,7 +196,7 @@ def case_rankclip(sz, device, bf16, steps):
 def _reference_open_clip(r, model, images, texts, device, bf16, steps):
     """open_clip_train's train_one_epoch on the same batch, when that package is installed."""
     try:
-        from open_clip_train.train import train_one_epoch  # noqa: F401
+        from open_clip_train.train import train_one_epoch
     except ImportError:
         r.reference = "open_clip_train: not installed"
         return
@@ -219,7 +219,6 @@ def _reference_open_clip(r, model, images, texts, device, bf16, steps):
         skip_scheduler=True, epochs=1, checkpoint_path=None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss = open_clip.ClipLoss()
-    from open_clip_train.train import train_one_epoch
 
     def step():
         train_one_epoch(model, data, loss, 0, opt, None, lambda s: None, None, args)

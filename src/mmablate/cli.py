@@ -6,7 +6,6 @@ light stages (tables, collection, config checks) start in well under a second.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -290,5 +290,10 @@ def validate(config: dict, configfiles=("<config>",), ablations: dict | None = N
                     mod.check_value(ab["key"], v)
                 except ValueError as e:
                     raise ConfigError(f"{where}: {key}.values[{j}]: {e}") from None
+        for akey in sorted(mod.ABLATABLE):  # the study's own (baseline) value of each part
+            try:
+                mod.check_value(akey, get_path(scfg, akey))
+            except (KeyError, ValueError) as e:
+                raise ConfigError(f"{where}: studies.{study}.{akey}: {e}") from None
         # the study's own checks see its effective ablations (from plans or the config)
         mod.validate({**scfg, "ablations": abls}, f"{where}: studies.{study}")

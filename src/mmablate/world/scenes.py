@@ -12,7 +12,7 @@ background noise), and uses PIL with 4x supersampling so that small shapes stay 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter

@@ -22,7 +22,6 @@ import numpy as np
 
 
 def make_trainer_class():
-    import torch
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 

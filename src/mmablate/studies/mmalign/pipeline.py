@@ -54,13 +54,6 @@ def check_value(key: str, value) -> None:
 
 
 def validate(scfg: dict, where: str) -> None:
-    from ...util import get_path
-
-    for key in ABLATABLE:
-        try:
-            check_value(key, get_path(scfg, key))
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"{where}.{key}: {e}") from None
     for k in ("rho_th", "sim_threshold", "flip_prob"):
         v = scfg["bdhs"].get(k)
         if not isinstance(v, (int, float)) or not 0 <= v <= 1:

@@ -20,7 +20,6 @@ from ...training.schedule import make_scheduler, set_threads
 def encode_records(proc, records, images_cache=None):
     """Tokenises (prompt, answer) records once: prompt ids (image tokens expanded by the
     processor), answer ids + eos, and the index of each record's image in `pixel_values`."""
-    import torch
 
     from .data import open_image
     from .model import prompt

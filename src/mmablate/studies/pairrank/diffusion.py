@@ -112,8 +112,6 @@ class T2I:
 
 # ---- loading -------------------------------------------------------------------------------
 def _world_text_encoder(clip_cfg: dict, device):
-    import torch
-
     from ...models import clip as clipm
 
     model, _, tok = clipm.build(clip_cfg["model"])
@@ -130,7 +128,6 @@ def _world_text_encoder(clip_cfg: dict, device):
 
 def load_t2i(mcfg: dict, device: str = "cpu") -> T2I:
     """The model of a stage's ``model`` block (see module docstring)."""
-    import torch
     from diffusers import UNet2DConditionModel
 
     kind = mcfg.get("kind")
@@ -179,7 +176,6 @@ def load_t2i(mcfg: dict, device: str = "cpu") -> T2I:
 def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None,
              progress: bool = True) -> dict:
     """Trains the world's pixel-space UNet on the pretraining parquet (DDPM ε-prediction)."""
-    import pandas as pd
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from tqdm import tqdm

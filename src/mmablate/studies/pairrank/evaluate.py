@@ -2,7 +2,6 @@
 metric models and the world's colour oracle; a grid of samples saved as a figure."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

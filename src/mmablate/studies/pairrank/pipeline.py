@@ -61,11 +61,6 @@ def check_value(key: str, value) -> None:
 
 
 def validate(scfg: dict, where: str) -> None:
-    for key in ABLATABLE:
-        try:
-            check_value(key, get_path(scfg, key))
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"{where}.{key}: {e}") from None
     sel = scfg["selection"]
     f = sel.get("top_fraction")
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:

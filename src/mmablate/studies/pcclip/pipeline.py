@@ -16,7 +16,6 @@ import copy
 from pathlib import Path
 
 from ...errors import ConfigError
-from ...util import get_path
 
 TITLE = "Finetuning CLIP to Reason about Pairwise Differences (PC-CLIP)"
 ABLATABLE = {
@@ -61,11 +60,6 @@ def check_value(key: str, value) -> None:
 def validate(scfg: dict, where: str) -> None:
     from .captioners import check_captioner
 
-    for key in ABLATABLE:
-        try:
-            check_value(key, get_path(scfg, key))
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"{where}.{key}: {e}") from None
     caps = scfg["captions"].get("captioners") or {}
     used = {scfg["captions"]["captioner"]} | {
         v for ab in scfg["ablations"] if ab["key"] == "captions.captioner" for v in ab["values"]}

@@ -34,13 +34,6 @@ def check_value(key: str, value) -> None:
 
 
 def validate(scfg: dict, where: str) -> None:
-    for key in ABLATABLE:
-        from ...util import get_path
-
-        try:
-            check_value(key, get_path(scfg, key))
-        except ValueError as e:
-            raise ConfigError(f"{where}.{key}: {e}") from None
     tc = scfg["train"]
     if tc["warmup"] >= tc["steps"] and tc["steps"] > 1:
         raise ConfigError(f"{where}.train.warmup: {tc['warmup']} must be below train.steps "
