@@ -34,6 +34,7 @@ def test_paper_config_uses_real_ids_and_says_what_is_missing(tmp_path):
     P = Pipeline(cfg, ["paper.yaml"], results=str(tmp_path / "r"), write=False)
     assert "pairrank_world" not in P.stages and "pairrank_base" not in P.stages
     assert "rankclip_train" not in P.stages  # no world CLIP at paper scale
+    assert all("oracle" not in a.metrics for a in P.ablations)  # no oracle for real prompts
     dpo = next(iter(P.stages["pairrank_dpo"].values()))
     assert dpo["model"] == {"kind": "sd", "pretrained": "runwayml/stable-diffusion-v1-5"}
     score = next(iter(P.stages["pairrank_score"].values()))
@@ -70,3 +71,11 @@ def test_smoke_run_end_to_end(tmp_path):
     # a rerun has nothing to do (caching)
     r = subprocess.run(cmd + ["-n"], cwd=wf, capture_output=True, text=True, timeout=300)
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_world_tables_add_the_oracle_column(smoke_config, tmp_path):
+    P = Pipeline(only_study(smoke_config, "pairrank"), ["smoke.yaml"], results=str(tmp_path),
+                 write=False)
+    assert P.ablations and all(a.metrics[-1] == "oracle" for a in P.ablations)
+    labels = [m["label"] for m in P.ablation_config(P.ablations[0])["metrics"]]
+    assert labels[-1] == "World oracle colour alignment" and len(labels) == len(set(labels))

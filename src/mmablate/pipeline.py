@@ -140,8 +140,11 @@ class Pipeline:
         mod = study_module(study)
         scfg = self.config["studies"][study]
         refs = mod.references(self, scfg) if hasattr(mod, "references") else []
+        # metrics a study reports beside the plan's (e.g. a world oracle the paper cannot have)
+        extra = mod.extra_metrics(scfg) if hasattr(mod, "extra_metrics") else []
         for k, ab in enumerate(self.study_ablations[study]):
-            a = Ablation(study, ab["id"], ab.get("part", ""), ab["key"], list(ab["metrics"]))
+            metrics = list(ab["metrics"]) + [m for m in extra if m not in ab["metrics"]]
+            a = Ablation(study, ab["id"], ab.get("part", ""), ab["key"], metrics)
             base_value = get_path(scfg, ab["key"])
             values = list(ab["values"])
             if not any(canonical(v) == canonical(base_value) for v in values):

@@ -1,5 +1,6 @@
 """One figure per ablation: each metric against the replaced value, mean ± std over seeds.
-Numeric values (e.g. λ) are drawn as lines with error bars, named values (e.g. µ) as bars."""
+Numeric values (e.g. λ) are drawn as lines with error bars, named values (e.g. µ) as bars for
+rates (unit %) and as points for scores whose zero means nothing (the axis then fits the data)."""
 from __future__ import annotations
 
 from ..util import read_json
@@ -38,7 +39,14 @@ def make_figure(ablation_cfg_path, metrics_csv, out_png, out_pdf) -> None:
             ax.set_xlabel(ab["key"].split(".")[-1])
         else:
             colours = ["C3" if r["is_baseline"] else "C0" for r in variants]
-            ax.bar(range(len(variants)), mean, yerr=std, capsize=3, color=colours)
+            if m.get("unit") == "%":  # a rate: bars from zero
+                ax.bar(range(len(variants)), mean, yerr=std, capsize=3, color=colours)
+            else:  # a score whose zero means nothing (a reward, a loss): points, axis fit to data
+                for i in range(len(variants)):
+                    ax.errorbar([i], [mean[i]], yerr=[std[i]], marker="*" if colours[i] == "C3"
+                                else "o", ms=10 if colours[i] == "C3" else 6, capsize=3,
+                                color=colours[i], ls="none")
+                ax.set_xlim(-0.5, len(variants) - 0.5)
             ax.set_xticks(range(len(variants)), [r["label"] for r in variants], rotation=30,
                           ha="right", fontsize=8)
         c = df[df["metric"] == m["id"]]["chance"].dropna()

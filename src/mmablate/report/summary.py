@@ -14,3 +14,37 @@ def summarise(ab: dict, df):
             rec[m["id"]] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
         out.append(rec)
     return out
+
+
+def paired_reference(ab: dict):
+    """The reference row whose evaluation differs per seed (e.g. a base model sampled with each
+    seed's noise), so that variant − reference can be paired by seed; None if there is none."""
+    for r in ab["rows"]:
+        if r.get("kind", "variant") != "variant" and len(set(r.get("evals", {}).values())) > 1:
+            return r
+    return None
+
+
+def paired_deltas(ab: dict, df, ref: dict) -> dict:
+    """variant label → {metric: (mean, std) of the per-seed differences variant − reference}.
+
+    Seeds shared by the variant and the reference only. Where both draw the same per-seed noise
+    (samples, evaluation subsets) this removes the spread they share and shows the change itself.
+    """
+    def per_seed(label, metric):
+        sub = df[(df["variant"].astype(str) == str(label)) & (df["metric"] == metric)]
+        return dict(zip(sub["seed"].astype(int), sub["value"].astype(float)))
+
+    out = {}
+    for r in ab["rows"]:
+        if r.get("kind", "variant") != "variant":
+            continue
+        rec = {}
+        for m in ab["metrics"]:
+            v, b = per_seed(r["label"], m["id"]), per_seed(ref["label"], m["id"])
+            d = [v[s] - b[s] for s in sorted(set(v) & set(b))]
+            mean = sum(d) / len(d) if d else float("nan")
+            std = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else float("nan")
+            rec[m["id"]] = (mean, std)
+        out[r["label"]] = rec
+    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..util import read_json
-from .summary import summarise
+from .summary import paired_deltas, paired_reference, summarise
 
 
 def _best(ab, recs):
@@ -18,8 +18,8 @@ def _best(ab, recs):
     return best
 
 
-def _fmt(mean, std, digits=2):
-    s = f"{mean:.{digits}f}"
+def _fmt(mean, std, digits=2, signed=False):
+    s = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
     return s if std != std else f"{s} ± {std:.{digits}f}"  # std is NaN with one seed
 
 
@@ -36,7 +36,10 @@ def caption(ab, df) -> str:
     n = len(ab["seeds"])
     world = " (synthetic world: world metrics, not the paper's benchmarks)" \
         if ab["scale"] in ("tiny", "smoke") else ""
-    return (f"{ab['title']} — ablation of {ab['part'] or ab['key']}. Scale: {ab['scale']}{world}; "
+    part = ab["part"] or ab["key"]
+    if part[:1].isupper() and part[1:2].islower():  # a plan's sentence, now mid-sentence
+        part = part[0].lower() + part[1:]
+    return (f"{ab['title']} — ablation of {part}. Scale: {ab['scale']}{world}; "
             f"evaluated on {ab['dataset']}. Mean ± std over {n} seed{'s' * (n != 1)}; "
             f"† = baseline (the paper's setting); best variant in bold. {_chance_text(ab, df)}").strip()
 
@@ -71,6 +74,18 @@ def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> Non
              "|" + "---|" * (len(heads) + 1)]
     for r in recs:
         lines.append("| " + " | ".join([name(r)] + cells(r, lambda s: f"**{s}**")) + " |")
+    ref = paired_reference(ab)
+    deltas = paired_deltas(ab, df, ref) if ref else {}
+    if deltas:
+        lines += ["", f"Change against the {ref['label']}, paired by seed (mean ± std over seeds of "
+                  "variant − reference on the same seed):", "",
+                  "| " + " | ".join([part] + [f"Δ {h} {a}" for h, a in zip(heads, arrow)]) + " |",
+                  "|" + "---|" * (len(heads) + 1)]
+        for r in recs:
+            if r["label"] in deltas:
+                d = deltas[r["label"]]
+                lines.append("| " + " | ".join([name(r)] + [_fmt(*d[m["id"]], signed=True)
+                                                           for m in ab["metrics"]]) + " |")
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text("\n".join(lines) + "\n")
 
@@ -98,5 +113,8 @@ def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> Non
              "scale": ab["scale"]}
         for m in ab["metrics"]:
             d[f"{m['id']}_mean"], d[f"{m['id']}_std"] = r[m["id"]]
+            if deltas:  # paired by seed against the reference row (empty for the reference)
+                d[f"{m['id']}_delta_mean"], d[f"{m['id']}_delta_std"] = \
+                    deltas.get(r["label"], {}).get(m["id"], (float("nan"), float("nan")))
         flat.append(d)
     pd.DataFrame(flat).to_csv(out_csv, index=False)

@@ -45,6 +45,12 @@ def metric_labels(scfg: dict, scale: str) -> dict:
     return {m: METRICS[m]["label"] for m in METRICS}
 
 
+def extra_metrics(scfg: dict) -> list:
+    """On the world, every table also shows the oracle (does the sample show the prompt's colour),
+    the one metric that is ground truth rather than a learnt reward."""
+    return ["oracle"] if scfg["data"]["source"] == "world" else []
+
+
 def dataset_name(scfg: dict, scale: str) -> str:
     if scfg["data"]["source"] == "world":
         return (f"held-out world prompts ({scfg['world']['n_eval_prompts']}×"
