@@ -324,3 +324,30 @@ def test_dpo_stopped_and_resumed_equals_uninterrupted(tmp_path, sd_dir, world):
     b = torch.load(tmp_path / "b/lora/adapter.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it trained
+
+
+def test_selection_truth_on_the_world_and_none_for_real_data(tmp_path, world):
+    import pandas as pd
+
+    from mmablate.data.pickapic import load_pairs
+    from mmablate.world.preference import selection_truth
+
+    d, _ = world
+    path = d / "pairs_train.parquet"
+    df = pd.read_parquet(path)
+    nt = df[df.label_0 != df.label_1].reset_index(drop=True)
+    first = nt.label_0 > nt.label_1
+    rend = [(json.loads(nt.truth_0[k] if first[k] else nt.truth_1[k])["renderer"],
+             json.loads(nt.truth_1[k] if first[k] else nt.truth_0[k])["renderer"])
+            for k in range(len(nt))]
+    # the "good" renderer always draws the prompt's colour, the "bad" one never does
+    clean = [k for k, (w, l) in enumerate(rend) if (w, l) == ("good", "bad")]
+    rev = [k for k, (w, l) in enumerate(rend) if (w, l) == ("bad", "good")]
+    t = selection_truth(path, clean[:3] + rev[:1])
+    assert t["kept"]["n"] == len(clean[:3] + rev[:1]) and t["all"]["n"] == len(load_pairs(path))
+    assert t["kept"]["clean"] == pytest.approx(len(clean[:3]) / t["kept"]["n"])
+    assert t["kept"]["reversed"] == pytest.approx(len(rev[:1]) / t["kept"]["n"])
+    assert t["all"]["clean"] == pytest.approx(len(clean) / len(nt))
+    real = df.drop(columns=["truth_0", "truth_1"])
+    real.to_parquet(tmp_path / "real.parquet")
+    assert selection_truth(tmp_path / "real.parquet", [0]) is None

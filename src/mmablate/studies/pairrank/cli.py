@@ -82,9 +82,17 @@ def cmd_select(a):
                threshold=cfg["threshold"], eps=cfg["eps"],
                validation={f"{k:g}": v for k, v in (val or {}).items()} or None,
                chosen_fraction=fraction)
+    from ...world.preference import selection_truth
+
+    out["world_truth"] = selection_truth(cfg["pairs"], out["indices"])  # None for real data
     write_json(a.out, out)
     print(f"{cfg['quality']}/{cfg['threshold']}: kept {out['n_kept']} of {out['n_pairs']} pairs "
           f"({100 * out['fraction']:.2f}%), cut {out['cut']:.4g}")
+    if out["world_truth"]:
+        k, al = out["world_truth"]["kept"], out["world_truth"]["all"]
+        print(f"world truth: clean pairs (winner right colour, loser wrong) {100 * k['clean']:.1f}% "
+              f"of those kept vs {100 * al['clean']:.1f}% of all; reversed {100 * k['reversed']:.1f}% "
+              f"vs {100 * al['reversed']:.1f}%")
 
 
 def cmd_dpo(a):
