@@ -192,6 +192,12 @@ def test_degenerate_filter():
     assert C.is_degenerate("a red", pair, f) == "too short"
     assert C.is_degenerate("red red red circle", pair, f) == "repetition"
     assert C.is_degenerate("A large red circle.", pair, f) == "copies a description"
+    assert C.is_degenerate("a red circle instead of a red circle", pair, f) == "states no difference"
+    f12 = {**f, "max_words": 12}
+    assert C.is_degenerate("the red circle on the left instead of the left", pair, f12) == \
+        "states no difference"
+    assert C.is_degenerate("the red circle on the left instead of the top", pair, f12) is None
+    assert C.is_degenerate("a red circle instead of a blue circle", pair, f) is None
     assert C.is_degenerate("a larger red blob", pair, f, vocab={"a", "larger", "red"}) == \
         "out of vocabulary"
     assert C.is_degenerate(" ".join(["a", "b"] * 5), pair, f) == "too long"

@@ -341,6 +341,11 @@ def make_captioner(name: str, spec: dict, source, **kw) -> Captioner:
     return BACKENDS[fam](spec, source, **kw)
 
 
+def _strip_article(phrase: str) -> str:
+    ws = phrase.split()
+    return " ".join(ws[1:] if ws[:1] in (["a"], ["an"], ["the"]) else ws)
+
+
 def is_degenerate(text: str, pair: dict, filt: dict, vocab=None) -> str | None:
     """Why a generated difference is dropped (None = kept). The paper filters its LLM output."""
     ws = words(text)
@@ -357,6 +362,12 @@ def is_degenerate(text: str, pair: dict, filt: dict, vocab=None) -> str | None:
             return "repetition"
     if normalise(text) in (normalise(pair["caption_a"]), normalise(pair["caption_b"])):
         return "copies a description"
+    if " instead of " in f" {normalise(text)} ":
+        # "a red circle instead of a red circle", "… on the left instead of the left"
+        this, _, that = normalise(text).partition(" instead of ")
+        that = _strip_article(that).split()
+        if that and this.split()[-len(that):] == that:
+            return "states no difference"
     if vocab is not None and any(w not in vocab for w in ws):
         return "out of vocabulary"
     return None
