@@ -330,7 +330,7 @@ def test_selection_truth_on_the_world_and_none_for_real_data(tmp_path, world):
     import pandas as pd
 
     from mmablate.data.pickapic import load_pairs
-    from mmablate.world.preference import selection_truth
+    from mmablate.studies.pairrank.selection import selection_truth
 
     d, _ = world
     path = d / "pairs_train.parquet"

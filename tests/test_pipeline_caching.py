@@ -101,6 +101,12 @@ def test_editing_the_ranking_loss_reruns_training_and_what_follows(done):
                     "figure": 2, "metrics_all": 1, "all": 1}
 
 
+def test_editing_another_studys_world_module_reruns_nothing_here(done):
+    # the shared world depends on the modules it runs, not on the whole world package
+    assert _edit_and_plan(done, "world/preference.py") == {}
+    assert _edit_and_plan(done, "world/scenes.py")["world"] == 1
+
+
 def test_editing_the_table_code_reruns_only_tables(done):
     assert _edit_and_plan(done, "report/tables.py") == {"table": 2, "all": 1}
     assert planned(done) == {}

@@ -1,7 +1,7 @@
 rule mmalign_data:
     input:
         cfg=stage_input("mmalign_data"),
-        src=sources(f"{MMA_SRC}/worlddata.py", "world"),
+        src=sources(f"{MMA_SRC}/worlddata.py", "world/scenes.py", "world/vqa.py"),
     output:
         f"{R}/mmalign/data/{{h}}/summary.json",
     log:

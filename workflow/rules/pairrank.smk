@@ -1,7 +1,7 @@
 rule pairrank_world:
     input:
         cfg=stage_input("pairrank_world"),
-        src=sources("world"),
+        src=sources("world/preference.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/world/{{h}}/summary.json",
     log:
@@ -81,7 +81,7 @@ rule pairrank_select:
     input:
         cfg=stage_input("pairrank_select"),
         up=pairrank_in("pairrank_select"),
-        src=sources("studies/pairrank/selection.py"),
+        src=sources("studies/pairrank/selection.py", "data/pickapic.py"),
     output:
         f"{R}/pairrank/select/{{h}}/selection.json",
     log:

@@ -1,7 +1,7 @@
 rule world:
     input:
         cfg=stage_input("world"),
-        src=sources("world"),
+        src=sources("world/__init__.py", "world/datasets.py", "world/scenes.py"),
     output:
         f"{R}/world/{{h}}/summary.json",
     log:

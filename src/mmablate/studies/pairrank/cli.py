@@ -56,7 +56,7 @@ def cmd_select(a):
 
     from ...errors import DataError
     from ...util import read_json, write_json
-    from .selection import choose_fraction, select
+    from .selection import choose_fraction, select, selection_truth
 
     cfg = _cfg(a.config)
     try:
@@ -82,8 +82,6 @@ def cmd_select(a):
                threshold=cfg["threshold"], eps=cfg["eps"],
                validation={f"{k:g}": v for k, v in (val or {}).items()} or None,
                chosen_fraction=fraction)
-    from ...world.preference import selection_truth
-
     out["world_truth"] = selection_truth(cfg["pairs"], out["indices"])  # None for real data
     write_json(a.out, out)
     print(f"{cfg['quality']}/{cfg['threshold']}: kept {out['n_kept']} of {out['n_pairs']} pairs "

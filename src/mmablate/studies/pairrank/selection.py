@@ -19,6 +19,8 @@ Thresholds:
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from ...errors import DataError
@@ -100,3 +102,35 @@ def choose_fraction(results: dict) -> tuple[float, dict]:
         raise DataError("adaptive threshold: no validation results")
     best = max(sorted(results), key=lambda f: results[f])
     return best, results
+
+
+def selection_truth(pairs_path, indices) -> dict | None:
+    """World only: what the kept pairs really are, from the renderers' ground truth (the parquet's
+    `truth_0/1` columns; None for real data, which has none). Indices are those of the loaded
+    pairs (ties dropped, file order), as a selection stores them.
+
+    clean    — the winner shows the prompt's colour and the loser does not;
+    reversed — the loser shows it and the winner does not (the label contradicts the truth).
+    """
+    import pandas as pd
+
+    from ...data.pickapic import read_table
+
+    df = read_table(pairs_path, required=("label_0", "label_1"), columns=["truth_0", "truth_1"])
+    if not {"truth_0", "truth_1"} <= set(df.columns):
+        return None
+    l0, l1 = df["label_0"].to_numpy(float), df["label_1"].to_numpy(float)
+    keep = np.where(l0 != l1)[0]
+    first = l0[keep] > l1[keep]
+    t0 = [json.loads(s) for s in df["truth_0"].to_numpy()[keep]]
+    t1 = [json.loads(s) for s in df["truth_1"].to_numpy()[keep]]
+    win = pd.Series([a["colour_ok"] if f else b["colour_ok"] for a, b, f in zip(t0, t1, first)])
+    lose = pd.Series([b["colour_ok"] if f else a["colour_ok"] for a, b, f in zip(t0, t1, first)])
+
+    def rates(idx):
+        w, l = win.iloc[idx].to_numpy(bool), lose.iloc[idx].to_numpy(bool)
+        return {"n": int(len(idx)), "winner_colour_ok": float(w.mean()),
+                "loser_colour_ok": float(l.mean()), "clean": float((w & ~l).mean()),
+                "reversed": float((~w & l).mean())}
+
+    return {"kept": rates(list(indices)), "all": rates(list(range(len(keep))))}
