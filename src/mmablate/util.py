@@ -62,3 +62,19 @@ def set_path(d: dict, dotted: str, value) -> None:
     for part in parts[:-1]:
         cur = cur[part]
     cur[parts[-1]] = value
+
+
+def load_torch_file(path, what: str, error=None, weights_only: bool = True):
+    """`torch.load` onto the CPU; a missing or unreadable file raises `error` (CheckpointError by
+    default) naming the file and what it should hold ("cannot read model weights (…)")."""
+    import torch
+
+    from .errors import CheckpointError
+
+    error = error or CheckpointError
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except Exception as e:  # truncated, or not a torch file
+        raise error(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from None

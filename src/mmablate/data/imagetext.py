@@ -16,9 +16,11 @@ from ..errors import DataError
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".JPEG")
 
 
-def _open_image(path: Path):
+def open_image(path):
+    """The image at `path` as RGB; a missing or undecodable file is a DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -31,7 +33,7 @@ def _open_image(path: Path):
 def _stack(items, transform):
     import torch
 
-    return torch.stack([transform(_open_image(p)) for p in items])
+    return torch.stack([transform(open_image(p)) for p in items])
 
 
 class ImageTextCsv:
@@ -60,7 +62,7 @@ class ImageTextCsv:
         return len(self.paths)
 
     def image(self, i):
-        return self.images[i] if self.images is not None else self.transform(_open_image(self.paths[i]))
+        return self.images[i] if self.images is not None else self.transform(open_image(self.paths[i]))
 
 
 class ClassFolder:

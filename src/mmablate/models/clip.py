@@ -58,15 +58,10 @@ def build(model_cfg: dict):
 
 
 def load_weights(model, path):
-    import torch
+    from ..util import load_torch_file
 
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: model file not found") from None
-    except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"{path}: cannot read model weights ({type(e).__name__}: {e})") from None
+    state = load_torch_file(path, "model weights")
     state = state.get("model", state)
     try:
         model.load_state_dict(state)

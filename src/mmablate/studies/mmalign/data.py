@@ -9,22 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...data.imagetext import open_image  # noqa: F401  (re-exported for the study's stages)
 from ...errors import DataError
 
 POPE_SPLITS = ("random", "popular", "adversarial")
-
-
-def open_image(path):
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: image does not decode ({e})") from None
 
 
 def _load(path):

@@ -206,14 +206,9 @@ def _joint(img, txt):
 
 
 def load_twin(path) -> Scorer:
-    import torch
+    from ...util import load_torch_file
 
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: reward model file not found") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read the reward model ({e})") from None
+    st = load_torch_file(path, "reward model", weights_only=False)
     kind = st.get("kind")
     if kind not in KINDS:
         raise CheckpointError(f"{path}: unknown reward kind {kind!r}")

@@ -31,11 +31,11 @@ def load_clip(model_cfg: dict, weights: str | None):
 
 
 def pair_images(rows, preprocess):
-    from ...data.imagetext import _open_image
+    from ...data.imagetext import open_image
     import torch
 
-    a = torch.stack([preprocess(_open_image(r["image_a"])) for r in rows])
-    b = torch.stack([preprocess(_open_image(r["image_b"])) for r in rows])
+    a = torch.stack([preprocess(open_image(r["image_a"])) for r in rows])
+    b = torch.stack([preprocess(open_image(r["image_b"])) for r in rows])
     return a, b
 
 
@@ -68,14 +68,9 @@ def embed_pairs(cfg: dict, base: str | None, out, threads: int = 1) -> dict:
 
 
 def load_embeddings(path, n_pairs: int, dim: int):
-    import torch
+    from ...util import load_torch_file
 
-    try:
-        emb = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image-embedding file not found") from None
-    except Exception as e:
-        raise DataError(f"{path}: cannot read image embeddings ({type(e).__name__}: {e})") from None
+    emb = load_torch_file(path, "image embeddings", DataError)
     for k in ("a", "b"):
         if k not in emb:
             raise DataError(f"{path}: no {k!r} embeddings")
@@ -188,17 +183,11 @@ def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: s
 
 def load_finetuned(model, path):
     """Loads a PC-CLIP checkpoint into `model`; returns the trained `Combine`."""
-    import torch
-
+    from ...util import load_torch_file
     from .losses import Combine
 
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: PC-CLIP checkpoint not found") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    state = load_torch_file(path, "checkpoint (PC-CLIP)")
     for k in ("model", "combine", "combine_op", "dim"):
         if k not in state:
             raise CheckpointError(f"{path}: not a PC-CLIP checkpoint (no {k!r})")
