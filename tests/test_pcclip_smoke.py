@@ -34,7 +34,7 @@ def test_pcclip_smoke_end_to_end(tmp_path):
     m = pd.read_csv(res / "metrics.csv")
     assert set(m[m.study == "pcclip"].ablation) == {"encoders", "combine", "captioner", "loss"}
     md = (res / "tables/pcclip__captioner.md").read_text()
-    for name in ("LLaMA-2-chat †", "BERT", "base CLIP"):
+    for name in ("LLaMA-2-chat (world llama LM) †", "BERT (world bert LM)", "base CLIP"):
         assert name in md
     # captions once per captioner, with kept fraction and accuracy against the ground truth
     sums = [json.loads(p.read_text()) for p in res.glob("pcclip/captions/*/summary.json")]

@@ -386,3 +386,15 @@ def test_bad_checkpoint(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_finetuned(model, p)
+
+
+def test_captioner_rows_say_when_the_lm_was_trained_on_the_world():
+    from mmablate.studies.pcclip.pipeline import label
+
+    scfg = {"captions": {"captioners": {"gpt": {"family": "causal", "arch": "gpt2", "model": None},
+                                        "t5": {"family": "seq2seq", "model": "google/flan-t5-xl"},
+                                        "template": {"family": "template"}}}}
+    assert label("captions.captioner", "gpt", scfg) == "GPT-3 (world gpt2 LM)"
+    assert label("captions.captioner", "t5", scfg) == "T5"  # a real model: the paper's name
+    assert label("captions.captioner", "template", scfg) == "template (ground truth)"
+    assert label("captions.captioner", "gpt") == "GPT-3"

@@ -154,7 +154,7 @@ class Pipeline:
                 vcfg = copy.deepcopy(scfg)
                 set_path(vcfg, ab["key"], value)
                 h, evals = mod.variant(self, vcfg)
-                a.rows.append(Row(mod.label(ab["key"], value), value,
+                a.rows.append(Row(mod.label(ab["key"], value, scfg), value,
                                   canonical(value) == canonical(base_value), h, evals))
             a.rows += refs
             self.ablations.append(a)

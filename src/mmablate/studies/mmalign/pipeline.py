@@ -84,7 +84,7 @@ def validate(scfg: dict, where: str) -> None:
         raise ConfigError(f"{where}.data.source: {data['source']!r}; known: world, files")
 
 
-def label(key: str, value) -> str:
+def label(key: str, value, scfg: dict | None = None) -> str:
     name = "γ" if key == "bdhs.gamma" else "p"
     return f"{name} = {value:g}" if isinstance(value, (int, float)) else str(value)
 

@@ -116,7 +116,7 @@ def validate(scfg: dict, where: str) -> None:
                               f"world.image_size {scfg['world']['image_size']}")
 
 
-def label(key: str, value) -> str:
+def label(key: str, value, scfg: dict | None = None) -> str:
     if key == "selection.quality":
         return QUALITY_LABELS[value]
     return THRESHOLD_LABELS[value]

@@ -90,8 +90,15 @@ def validate(scfg: dict, where: str) -> None:
         raise ConfigError(f"{where}.pairs.source: {pairs['source']!r}; known: world, coco")
 
 
-def label(key: str, value) -> str:
-    return VALUES.get(key, {}).get(value, str(value))
+def label(key: str, value, scfg: dict | None = None) -> str:
+    """The paper's name of a value; a captioner trained here on the world says so (a small LM of
+    the family, not the paper's model)."""
+    name = VALUES.get(key, {}).get(value, str(value))
+    if key == "captions.captioner" and scfg is not None:
+        spec = (scfg["captions"].get("captioners") or {}).get(value) or {}
+        if spec.get("family") not in (None, "template") and not spec.get("model"):
+            return f"{name} (world {spec.get('arch', value)} LM)"
+    return name
 
 
 # ---- stages -------------------------------------------------------------------------------------

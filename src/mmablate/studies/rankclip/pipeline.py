@@ -45,7 +45,7 @@ def validate(scfg: dict, where: str) -> None:
                 raise ConfigError(f"{where}.data.{k}: {data.get(k)!r} is not a directory")
 
 
-def label(key: str, value) -> str:
+def label(key: str, value, scfg: dict | None = None) -> str:
     if key == "loss.decay":
         return DECAY_LABELS[value]
     return f"{value:g}" if isinstance(value, float) else str(value)
