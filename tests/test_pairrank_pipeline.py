@@ -62,12 +62,15 @@ def test_smoke_run_end_to_end(tmp_path):
         assert "world twin" in table and "base model (no DPO)" in table
         assert (res / f"figures/pairrank__{ab}.png").stat().st_size > 0
     m = pd.read_csv(res / "metrics.csv")
-    assert set(m.metric) == {"aesthetic", "image_reward", "pickscore", "hpsv2"}
+    assert set(m.metric) == {"aesthetic", "image_reward", "pickscore", "hpsv2", "oracle"}
     ev = json.loads(next((res / "pairrank/eval").glob("*/s0/metrics.json")).read_text())
     assert "oracle" in ev["metrics"]
     assert list((res / "pairrank/distfig").glob("*/quality_distributions.png"))
     sels = [json.loads(p.read_text()) for p in (res / "pairrank/select").glob("*/selection.json")]
     assert {s["threshold"] for s in sels} == {"fixed", "dynamic", "adaptive"}
+    # the world's ground truth of what each selection kept, beside the share among all pairs
+    assert all(0 <= s["world_truth"]["kept"]["clean"] <= 1 and
+               s["world_truth"]["all"]["n"] == s["n_pairs"] for s in sels)
     # a rerun has nothing to do (caching)
     r = subprocess.run(cmd + ["-n"], cwd=wf, capture_output=True, text=True, timeout=300)
     assert "Nothing to be done" in r.stdout + r.stderr
