@@ -85,6 +85,8 @@ def test_hash_ignores_key_order():
      r"studies.rankclip.data.root: '/no/such/cc3m' is not a directory"),
     (lambda c: c["studies"]["rankclip"]["ablations"][0].update(key="train.lr"),
      r"'train.lr' cannot be ablated"),
+    (lambda c: c["studies"]["rankclip"]["train"].update(warmup=10**6),
+     r"studies.rankclip.train.warmup: 1000000 must be below train.steps"),
 ])
 def test_bad_config_names_file_and_key(explicit, mutate, message):
     cfg = explicit

@@ -4,6 +4,15 @@ from __future__ import annotations
 import math
 
 
+def check_warmup(block: dict, where: str, name: str) -> None:
+    """Config check (no torch): the warm-up of block `name` must end before its last step."""
+    from ..errors import ConfigError
+
+    if block["warmup"] >= block["steps"] > 1:
+        raise ConfigError(f"{where}.{name}.warmup: {block['warmup']} must be below {name}.steps "
+                          f"{block['steps']}")
+
+
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / max(1, warmup)

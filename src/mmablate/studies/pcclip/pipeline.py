@@ -74,10 +74,9 @@ def validate(scfg: dict, where: str) -> None:
     if base["source"] == "pretrained" and not isinstance(base.get("model"), dict):
         raise ConfigError(f"{where}.base.model: a pretrained base needs a model block "
                           f"(arch, pretrained, tokenizer)")
-    fc = scfg["finetune"]
-    if fc["warmup"] >= fc["steps"] > 1:
-        raise ConfigError(f"{where}.finetune.warmup: {fc['warmup']} must be below finetune.steps "
-                          f"{fc['steps']}")
+    from ...training.schedule import check_warmup
+
+    check_warmup(scfg["finetune"], where, "finetune")
     pairs = scfg["pairs"]
     if pairs["source"] == "coco":
         for k in ("captions_json", "eval_csv"):

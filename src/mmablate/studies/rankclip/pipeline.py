@@ -34,10 +34,9 @@ def check_value(key: str, value) -> None:
 
 
 def validate(scfg: dict, where: str) -> None:
-    tc = scfg["train"]
-    if tc["warmup"] >= tc["steps"] and tc["steps"] > 1:
-        raise ConfigError(f"{where}.train.warmup: {tc['warmup']} must be below train.steps "
-                          f"{tc['steps']}")
+    from ...training.schedule import check_warmup
+
+    check_warmup(scfg["train"], where, "train")
     data = scfg["data"]
     if data["source"] == "files":
         for k in ("root", "eval_root"):
