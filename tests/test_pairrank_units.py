@@ -1,4 +1,5 @@
 """Pair-ranking study: Diffusion-DPO loss, selection, Pick-a-Pic loader, SD stand-in, oracle."""
+import copy
 import json
 import math
 import string
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import only_study
 from mmablate.errors import ConfigError, DataError
 from mmablate.studies.pairrank import selection as S
 from mmablate.studies.pairrank.dpo import adapters_off, add_lora, dpo_loss, dpo_step_losses
@@ -351,3 +353,26 @@ def test_selection_truth_on_the_world_and_none_for_real_data(tmp_path, world):
     real = df.drop(columns=["truth_0", "truth_1"])
     real.to_parquet(tmp_path / "real.parquet")
     assert selection_truth(tmp_path / "real.parquet", [0]) is None
+
+
+def test_unet_pretraining_stopped_and_resumed_equals_uninterrupted(tmp_path, smoke_config, world):
+    """The base UNet's data order resumes from its checkpointed generator state."""
+    import torch
+
+    from mmablate.models import clip as clipm
+    from mmablate.pipeline import Pipeline
+    from mmablate.studies.pairrank.diffusion import pretrain
+
+    P = Pipeline(only_study(copy.deepcopy(smoke_config), "pairrank"), ["smoke.yaml"],
+                 results=str(tmp_path / "r"), write=False)
+    cfg = copy.deepcopy(next(iter(P.stages["pairrank_base"].values())))
+    d, _ = world
+    model, _, _ = clipm.build(cfg["text_encoder"]["model"])  # a world CLIP, untrained
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    cfg["text_encoder"]["weights"] = str(tmp_path / "clip.pt")
+    cfg["data"] = str(d / "pretrain.parquet")
+    cfg["train"].update(steps=5, ckpt_every=2, batch_size=4)
+    whole = pretrain(cfg, tmp_path / "a", progress=False)
+    assert pretrain(cfg, tmp_path / "b", stop_after=3, progress=False) == {"stopped_at": 3}
+    resumed = pretrain(cfg, tmp_path / "b", progress=False)
+    assert resumed["resumed_from"] == 3 and resumed["final_loss"] == whole["final_loss"]

@@ -207,14 +207,13 @@ def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None
     x_all = t2i.to_latent(images)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     lr_sched = make_scheduler(opt, tc["warmup"], tc["steps"])
-    ckpt = checkpoint.Resumable(ckpt_dir, {"model": unet, "optimizer": opt, "scheduler": lr_sched},
+    g = torch.Generator().manual_seed(seed)  # the data order; its state is checkpointed
+    ckpt = checkpoint.Resumable(ckpt_dir, {"model": unet, "optimizer": opt, "scheduler": lr_sched,
+                                           "generator": (g.get_state, g.set_state)},
                                 every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after)
     start, log_rows = ckpt.resume()
     unet.train()
     bf16 = device == "cuda"
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(start):  # the data order continues where the run stopped
-        torch.randint(0, len(captions), (tc["batch_size"],), generator=g)
     bar = tqdm(range(start, tc["steps"]), desc="pretrain unet", disable=not progress,
                mininterval=5, file=sys.stderr, initial=start, total=tc["steps"])
     for step in bar:
