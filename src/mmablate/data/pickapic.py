@@ -97,21 +97,27 @@ class Pairs:
         return np.stack(out) if out else np.zeros((0, size or 1, size or 1, 3), np.uint8)
 
 
+def winner_first(df, path, col: str):
+    """(rows kept, winners, losers) of the `<col>_0/<col>_1` columns: ties dropped, winner first.
+
+    Every per-pair column (images, the world's ground truth) is ordered by this one rule, so
+    indices into the loaded pairs address the same pair in each of them."""
+    l0, l1 = df["label_0"].to_numpy(float), df["label_1"].to_numpy(float)
+    bad = np.where(~np.isfinite(l0) | ~np.isfinite(l1))[0]
+    if len(bad):
+        raise DataError(f"{path}: row {int(bad[0])}: label_0/label_1 not numbers")
+    keep = np.where(l0 != l1)[0]
+    first = l0[keep] > l1[keep]
+    c0, c1 = df[f"{col}_0"].to_numpy()[keep], df[f"{col}_1"].to_numpy()[keep]
+    return (keep, [a if f else b for a, b, f in zip(c0, c1, first)],
+            [b if f else a for a, b, f in zip(c0, c1, first)])
+
+
 def load_pairs(path, limit: int | None = None) -> Pairs:
     """Pairs with ties dropped and the winner first."""
     df = read_table(path)
     if limit:
         df = df.iloc[:limit]
-    l0, l1 = df["label_0"].to_numpy(float), df["label_1"].to_numpy(float)
-    bad = np.where(~np.isfinite(l0) | ~np.isfinite(l1))[0]
-    if len(bad):
-        raise DataError(f"{path}: row {int(bad[0])}: label_0/label_1 not numbers")
-    tie = l0 == l1
-    keep = np.where(~tie)[0]
-    first = l0[keep] > l1[keep]
-    j0 = df["jpg_0"].to_numpy()[keep]
-    j1 = df["jpg_1"].to_numpy()[keep]
-    return Pairs(df["caption"].astype(str).to_numpy()[keep].tolist(),
-                 [a if f else b for a, b, f in zip(j0, j1, first)],
-                 [b if f else a for a, b, f in zip(j0, j1, first)],
-                 str(path), len(df), int(tie.sum()))
+    keep, winners, losers = winner_first(df, path, "jpg")
+    return Pairs(df["caption"].astype(str).to_numpy()[keep].tolist(), winners, losers,
+                 str(path), len(df), len(df) - len(keep))

@@ -112,23 +112,17 @@ def selection_truth(pairs_path, indices) -> dict | None:
     clean    — the winner shows the prompt's colour and the loser does not;
     reversed — the loser shows it and the winner does not (the label contradicts the truth).
     """
-    import pandas as pd
-
-    from ...data.pickapic import read_table
+    from ...data.pickapic import read_table, winner_first
 
     df = read_table(pairs_path, required=("label_0", "label_1"), columns=["truth_0", "truth_1"])
     if not {"truth_0", "truth_1"} <= set(df.columns):
         return None
-    l0, l1 = df["label_0"].to_numpy(float), df["label_1"].to_numpy(float)
-    keep = np.where(l0 != l1)[0]
-    first = l0[keep] > l1[keep]
-    t0 = [json.loads(s) for s in df["truth_0"].to_numpy()[keep]]
-    t1 = [json.loads(s) for s in df["truth_1"].to_numpy()[keep]]
-    win = pd.Series([a["colour_ok"] if f else b["colour_ok"] for a, b, f in zip(t0, t1, first)])
-    lose = pd.Series([b["colour_ok"] if f else a["colour_ok"] for a, b, f in zip(t0, t1, first)])
+    keep, win_t, lose_t = winner_first(df, pairs_path, "truth")
+    win = np.array([json.loads(t)["colour_ok"] for t in win_t], bool)
+    lose = np.array([json.loads(t)["colour_ok"] for t in lose_t], bool)
 
     def rates(idx):
-        w, l = win.iloc[idx].to_numpy(bool), lose.iloc[idx].to_numpy(bool)
+        w, l = win[idx], lose[idx]
         return {"n": int(len(idx)), "winner_colour_ok": float(w.mean()),
                 "loser_colour_ok": float(l.mean()), "clean": float((w & ~l).mean()),
                 "reversed": float((~w & l).mean())}
