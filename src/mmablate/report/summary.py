@@ -10,10 +10,17 @@ def summarise(ab: dict, df):
         rec = {"label": r["label"], "is_baseline": r["is_baseline"], "kind": r.get("kind", "variant"),
                "n": int(sub["seed"].nunique())}
         for m in ab["metrics"]:
-            v = sub[sub["metric"] == m["id"]]["value"].astype(float)
-            rec[m["id"]] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+            rec[m["id"]] = mean_std(sub[sub["metric"] == m["id"]]["value"].astype(float))
         out.append(rec)
     return out
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample std (NaN std for a single value; NaN mean for none)."""
+    import pandas as pd
+
+    v = pd.Series(list(values), dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
 def paired_reference(ab: dict):
@@ -42,9 +49,6 @@ def paired_deltas(ab: dict, df, ref: dict) -> dict:
         rec = {}
         for m in ab["metrics"]:
             v, b = per_seed(r["label"], m["id"]), per_seed(ref["label"], m["id"])
-            d = [v[s] - b[s] for s in sorted(set(v) & set(b))]
-            mean = sum(d) / len(d) if d else float("nan")
-            std = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else float("nan")
-            rec[m["id"]] = (mean, std)
+            rec[m["id"]] = mean_std(v[s] - b[s] for s in sorted(set(v) & set(b)))
         out[r["label"]] = rec
     return out
