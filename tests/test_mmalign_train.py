@@ -55,12 +55,12 @@ def _seq_logp(model, proc, image, prompt, completion):
     return lp[n_prompt - 1:].sum()
 
 
-def _trainer(setup, gamma, p, judge=None, steps=1):
+def _trainer(setup, gamma, p, judge=None, steps=1, **kw):
     from datasets import Dataset
-    from trl import DPOConfig
 
-    from mmablate.studies.mmalign.dpo import build_dataset, make_trainer_class
+    from mmablate.studies.mmalign.dpo import build_dataset
     from mmablate.studies.mmalign.model import load
+    from mmablate.studies.mmalign.trainer import BDHSMixedDPOConfig, BDHSMixedDPOTrainer
 
     model, proc = load(str(setup / "m"))
     ref = copy.deepcopy(model).eval()
@@ -74,14 +74,15 @@ def _trainer(setup, gamma, p, judge=None, steps=1):
     rows = build_dataset(cfg, proc)
     for r in rows:  # a distinct BDHS negative per pair
         r["rejected_bdhs"] = " there is a green cross . </s>"
-    args = DPOConfig(output_dir=str(setup / "ck"), max_steps=steps, per_device_train_batch_size=6,
-                     beta=0.1, use_cpu=True, bf16=False, gradient_checkpointing=False,
-                     max_length=None, remove_unused_columns=False, report_to=[],
-                     disable_tqdm=True, save_strategy="no")
-    T = make_trainer_class()
-    tr = T(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
-           processing_class=proc, data_collator=lambda ex: {"examples": ex}, gamma=gamma,
-           p_offline=p, judge=judge, online={"max_new_tokens": 6}, mix_seed=0)
+    settings = dict(output_dir=str(setup / "ck"), max_steps=steps, per_device_train_batch_size=6,
+                    beta=0.1, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                    max_length=None, report_to=[], disable_tqdm=True, save_strategy="no",
+                    gamma=gamma, p=p, mix_seed=0, online_max_new_tokens=6)
+    settings.update(kw)
+    args = BDHSMixedDPOConfig(**settings)
+    tr = BDHSMixedDPOTrainer(model=model, ref_model=ref, args=args,
+                             train_dataset=Dataset.from_list(rows), processing_class=proc,
+                             judge=judge)
     return tr, rows, model, ref, proc
 
 
@@ -175,3 +176,55 @@ def test_real_sentence_embedder_is_offline():
                             ["there is a large red circle on the left .",
                              "the letter k is written in the image ."])
     assert same == pytest.approx(1.0, abs=1e-4) and diff < 0.9
+
+
+def test_trl_settings_route_the_shared_training_keys():
+    from mmablate.errors import ConfigError
+    from mmablate.studies.mmalign.dpo import trl_settings
+
+    base = {"batch_size": 16}
+    s = trl_settings(base, cuda=False, world_size=1)
+    assert s == {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1,
+                 "gradient_checkpointing": False, "use_cpu": True, "bf16": False,
+                 "dataloader_num_workers": 0}  # no max_grad_norm: trl's default (1.0) as before
+    s = trl_settings({**base, "effective_batch": 64, "grad_checkpointing": True, "num_workers": 2,
+                      "max_grad_norm": None}, cuda=True, world_size=2)
+    assert s["per_device_train_batch_size"] == 8 and s["gradient_accumulation_steps"] == 4
+    assert s["gradient_checkpointing"] and s["bf16"] and not s["use_cpu"]
+    assert s["dataloader_num_workers"] == 2 and s["max_grad_norm"] == 0.0  # 0: no clipping
+    assert not trl_settings({**base, "bf16": False}, cuda=True, world_size=1)["bf16"]
+    with pytest.raises(ConfigError, match=r"studies\.mmalign\.train\.effective_batch 24"):
+        trl_settings({**base, "effective_batch": 24}, "studies.mmalign.train", cuda=False)
+    with pytest.raises(ConfigError, match=r"x\.batch_size 16 .* 3 processes"):
+        trl_settings(base, "x", cuda=False, world_size=3)
+
+
+def test_mixture_draws_of_micro_batches_are_the_full_batch_draws(setup):
+    tr, rows, *_ = _trainer(setup, 0.5, 0.5, judge=CountingJudge(), gradient_accumulation_steps=3)
+    full = tr.offline_mask(6, step=7)
+    np.testing.assert_array_equal(np.concatenate([tr.offline_mask(2, 7, m) for m in range(3)]), full)
+    assert 0 < full.sum() < 6
+    assert [tr._next_micro(7) for _ in range(4)] + [tr._next_micro(8)] == [0, 1, 2, 0, 0]
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_dpo_gradient_accumulation_equals_one_batch(setup, tmp_path, k):
+    """One optimizer step of plain SGD (lr 1, no clipping): the update is minus the gradient.
+    k micro-batches of B/k (trl's gradient accumulation) must give the update of one batch of B."""
+    from mmablate.studies.mmalign.dpo import trl_settings
+
+    def update(batch_size, effective_batch):
+        s = trl_settings({"batch_size": batch_size, "effective_batch": effective_batch,
+                          "max_grad_norm": None}, cuda=False, world_size=1)
+        tr, _, model, _, _ = _trainer(setup, 0.3, 1.0, output_dir=str(tmp_path / f"b{batch_size}"),
+                                      optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
+                                      weight_decay=0.0, seed=3, data_seed=3, **s)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tr.train()
+        assert tr.state.global_step == 1
+        return {n: p.detach() - before[n] for n, p in tr.model.named_parameters()}
+
+    one, acc = update(6, 6), update(6 // k, 6)
+    assert sum(float(d.abs().sum()) for d in one.values()) > 0  # it trained
+    for n in one:
+        torch.testing.assert_close(acc[n], one[n], rtol=1e-4, atol=1e-6, msg=n)

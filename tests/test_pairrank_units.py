@@ -11,7 +11,8 @@ import torch
 from .conftest import only_study
 from mmablate.errors import ConfigError, DataError
 from mmablate.studies.pairrank import selection as S
-from mmablate.studies.pairrank.dpo import adapters_off, add_lora, dpo_loss, dpo_step_losses
+from mmablate.studies.pairrank.dpo import add_lora
+from mmablate.studies.pairrank.losses import adapters_off, dpo_loss, dpo_step_losses
 
 
 # ---- Diffusion-DPO ---------------------------------------------------------------------------

@@ -1,103 +1,65 @@
-"""DPO with trl's `DPOTrainer`, extended (by subclassing) with what trl lacks:
+"""mmalign's DPO stage: one variant trained with `trainer.BDHSMixedDPOTrainer` (trl's
+`DPOTrainer` with the BDHS γ-average and the Mixed-DPO p-mixture) on the offline pairs and their
+cached BDHS negatives.
 
-* the γ-averaged loss of BDHS (the paper's Eq. 5):
-  L = γ · DPO(y⁺, y⁻_external) + (1 − γ) · DPO(y⁺, y⁻_BDHS) — two *different* pair sets per
-  example, which trl's `loss_type` list (several losses on one pair) cannot express;
-* Mixed-DPO (Eq. 4): each example of a batch is its offline pair with probability p, otherwise an
-  online pair — two responses sampled from the current policy, ranked by the judge (a tie gives
-  no preference and the example is dropped from that step, counted in the log).
+trl keeps its own Trainer loop; the project's training settings (the keys every training block
+shares, see `trl_settings`) are routed into trl's `TrainingArguments`:
 
-Everything else — the sigmoid DPO loss, reference log-probabilities, the vision collator that
-tokenises (images, prompt, chosen, rejected) on the fly, optimisation, checkpoints — is trl's.
+    effective_batch     → gradient_accumulation_steps = effective_batch / batch_size
+    batch_size          → per_device_train_batch_size = batch_size / world size (global micro-batch)
+    grad_checkpointing  → gradient_checkpointing (default off)
+    bf16                → bf16 autocast on CUDA only; on the CPU ``use_cpu`` and fp32
+    num_workers         → dataloader_num_workers
+    max_grad_norm       → max_grad_norm (absent: trl's 1.0, as before; null: no clipping)
+    ckpt_every          → save_steps; a run resumes from its newest complete checkpoint
 """
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
-import numpy as np
+
+def trl_settings(tc: dict, where: str = "train", cuda: bool | None = None,
+                 world_size: int | None = None) -> dict:
+    """trl `TrainingArguments` fields from a training block's shared keys (module docstring).
+    Errors name ``where`` (the dotted config key of the block)."""
+    from ...errors import ConfigError
+
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    bs = tc["batch_size"]
+    eff = tc.get("effective_batch") or bs
+    if bs % world:
+        raise ConfigError(f"{where}.batch_size {bs} is the global micro-batch: it must divide "
+                          f"over the {world} processes")
+    if eff % bs:
+        raise ConfigError(f"{where}.effective_batch {eff} must be a multiple of "
+                          f"{where}.batch_size {bs}")
+    out = {"per_device_train_batch_size": bs // world, "gradient_accumulation_steps": eff // bs,
+           "gradient_checkpointing": bool(tc.get("grad_checkpointing", False)),
+           "use_cpu": not cuda, "bf16": bool(cuda and tc.get("bf16", True)),
+           "dataloader_num_workers": int(tc.get("num_workers", 0))}
+    if "max_grad_norm" in tc:
+        out["max_grad_norm"] = 0.0 if tc["max_grad_norm"] is None else float(tc["max_grad_norm"])
+    return out
 
 
-def make_trainer_class():
-    from trl import DPOTrainer
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
-
-    class BDHSMixedDPOTrainer(DPOTrainer):
-        def __init__(self, *args, gamma: float, p_offline: float, judge, online: dict,
-                     mix_seed: int, **kw):
-            super().__init__(*args, **kw)
-            self.gamma, self.p_offline, self.judge, self.online = gamma, p_offline, judge, online
-            self.mix_seed = mix_seed
-            self.vision_collator = DataCollatorForVisionPreference(
-                processor=self.processing_class, max_length=self.args.max_length)
-            self.mix_log = {"offline": 0, "online": 0, "online_ties": 0}
-
-        def _batch(self, examples, rejected_key="rejected"):
-            ex = [{"images": e["images"], "prompt": e["prompt"], "chosen": e["chosen"],
-                   "rejected": e[rejected_key]} for e in examples]
-            return self._prepare_inputs(self.vision_collator(ex))
-
-        def _online_pairs(self, model, examples):
-            """Two sampled responses per example from the current policy, ordered by the judge."""
-            from .model import generate
-
-            unwrapped = self.accelerator.unwrap_model(model)
-            was_training = unwrapped.training
-            imgs = [e["images"][0] for e in examples for _ in range(2)]
-            qs = [e["question"] for e in examples for _ in range(2)]
-            outs = generate(unwrapped, self.processing_class, imgs, qs,
-                            max_new_tokens=self.online["max_new_tokens"], do_sample=True,
-                            temperature=self.online.get("temperature", 1.0))
-            if was_training:
-                unwrapped.train()
-            pairs = []
-            eos = self.processing_class.tokenizer.eos_token
-            for k, e in enumerate(examples):
-                a, b = outs[2 * k], outs[2 * k + 1]
-                sa = self.judge.rank_score(e["image_path"], e["question"], a, e["gt"])
-                sb = self.judge.rank_score(e["image_path"], e["question"], b, e["gt"])
-                if sa == sb or not a.strip() or not b.strip():
-                    self.mix_log["online_ties"] += 1
-                    continue
-                hi, lo = (a, b) if sa > sb else (b, a)
-                pairs.append({**e, "chosen": f" {hi} {eos}", "rejected": f" {lo} {eos}"})
-            return pairs
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            examples = inputs["examples"]
-            step = self.state.global_step
-            rng = np.random.default_rng([self.mix_seed, step])
-            offline_mask = rng.random(len(examples)) < self.p_offline
-            offline = [e for e, m in zip(examples, offline_mask) if m]
-            online = [e for e, m in zip(examples, offline_mask) if not m]
-            n = len(examples)
-            total = None
-
-            def add(t, w):
-                nonlocal total
-                total = t * w if total is None else total + t * w
-
-            if offline:
-                self.mix_log["offline"] += len(offline)
-                w = len(offline) / n
-                if self.gamma > 0:
-                    add(super().compute_loss(model, self._batch(offline, "rejected")), w * self.gamma)
-                if self.gamma < 1:
-                    add(super().compute_loss(model, self._batch(offline, "rejected_bdhs")),
-                        w * (1 - self.gamma))
-            if online:
-                self.mix_log["online"] += len(online)
-                pairs = self._online_pairs(model, online)
-                if pairs:
-                    add(super().compute_loss(model, self._batch(pairs)), len(pairs) / n)
-            if total is None:  # every online pair tied: a zero loss that still has a graph
-                total = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-            return total
-
-    return BDHSMixedDPOTrainer
+def last_checkpoint(ckpt_dir) -> Path | None:
+    """The newest complete Trainer checkpoint (``checkpoint-N`` with its ``trainer_state.json``;
+    one cut short by a kill mid-save is skipped)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = [p for p in ckpt_dir.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
 def build_dataset(cfg: dict, proc):
@@ -131,10 +93,9 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
     Trainer checkpoint under ``out_dir/ckpt``."""
     import torch
     from datasets import Dataset
-    from trl import DPOConfig
-
     from ...training.schedule import set_threads
     from .model import load
+    from .trainer import BDHSMixedDPOConfig, BDHSMixedDPOTrainer
 
     set_threads(threads)
     t0 = time.time()
@@ -153,23 +114,21 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
         ref_model = copy.deepcopy(model).eval()
     rows = build_dataset(cfg, proc)
     tc = cfg["train"]
-    args = DPOConfig(
+    args = BDHSMixedDPOConfig(
         output_dir=str(out_dir / "ckpt"), max_steps=tc["steps"], learning_rate=tc["lr"],
-        per_device_train_batch_size=tc["batch_size"], beta=cfg["dpo"]["beta"],
-        lr_scheduler_type="cosine", warmup_steps=tc.get("warmup", 0), weight_decay=0.0,
-        logging_steps=tc["log_every"], save_steps=tc["ckpt_every"], save_total_limit=1,
-        save_only_model=False, seed=seed, data_seed=seed, use_cpu=not cuda, bf16=cuda,
-        gradient_checkpointing=False, max_length=None, remove_unused_columns=False,
-        report_to=[], disable_tqdm=not progress, dataloader_num_workers=0,
-        precompute_ref_log_probs=False)
-    Trainer = make_trainer_class()
-    trainer = Trainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=proc, peft_config=peft_config,
-                      data_collator=lambda ex: {"examples": ex},
-                      gamma=float(cfg["bdhs"]["gamma"]), p_offline=float(cfg["mixed_dpo"]["p"]),
-                      judge=judge, online=cfg["mixed_dpo"], mix_seed=seed)
-    ckpts = sorted((out_dir / "ckpt").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
+        beta=cfg["dpo"]["beta"], lr_scheduler_type="cosine", warmup_steps=tc.get("warmup", 0),
+        weight_decay=0.0, logging_steps=tc["log_every"], save_steps=tc["ckpt_every"],
+        save_total_limit=1, save_only_model=False, seed=seed, data_seed=seed,
+        max_length=None, report_to=[], disable_tqdm=not progress, precompute_ref_log_probs=False,
+        gamma=float(cfg["bdhs"]["gamma"]), p=float(cfg["mixed_dpo"]["p"]), mix_seed=seed,
+        online_max_new_tokens=cfg["mixed_dpo"]["max_new_tokens"],
+        online_temperature=cfg["mixed_dpo"].get("temperature", 1.0),
+        **trl_settings(tc, "studies.mmalign.train", cuda))
+    trainer = BDHSMixedDPOTrainer(model=model, ref_model=ref_model, args=args,
+                                  train_dataset=Dataset.from_list(rows), processing_class=proc,
+                                  peft_config=peft_config, judge=judge)
+    resume = last_checkpoint(out_dir / "ckpt")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     model = trainer.model
     if peft_config is not None:
         model = model.merge_and_unload()
@@ -179,7 +138,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows(logs)
-    summary = {"seed": seed, "steps": tc["steps"], "resumed_from": str(ckpts[-1]) if ckpts else None,
+    summary = {"seed": seed, "steps": tc["steps"], "resumed_from": str(resume) if resume else None,
                "final_loss": logs[-1]["loss"] if logs else None, "mix": trainer.mix_log,
                "reward_acc_last": logs[-1].get("rewards/accuracies") if logs else None,
                "wall_s": round(time.time() - t0, 2)}

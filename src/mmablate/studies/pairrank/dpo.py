@@ -1,19 +1,9 @@
-"""Diffusion-DPO (Wallace et al., 2023) with LoRA adapters (peft) on the UNet's attention.
-
-For a pair (x_w, x_l) with prompt c, one timestep t and one noise ε shared by both images:
-
-    L = −log σ( −β/2 · [ (‖ε − ε_θ(x_w,t)‖² − ‖ε − ε_θ(x_l,t)‖²)
-                        − (‖ε − ε_ref(x_w,t)‖² − ‖ε − ε_ref(x_l,t)‖²) ] )
-
-with ‖·‖² the mean over the latent's elements (as the authors' training script) and β = 5000
-for SD-1.5 (the paper's). The reference model is the same UNet with its adapters disabled
-(diffusers' UNet has no ``disable_adapter()`` context manager, so `adapters_off` wraps
-``disable_adapters()``/``enable_adapters()``). With LoRA B initialised to zero the policy equals the
-reference and the first loss is exactly log 2.
+"""Diffusion-DPO (Wallace et al., 2023) with LoRA adapters (peft) on the UNet's attention: the
+training loop. The objective (shared noise and timestep, the adapters-off reference, β) is in
+`losses.py`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -21,25 +11,9 @@ from pathlib import Path
 
 
 from ...training import checkpoint
+from .losses import adapters_off, dpo_loss, dpo_step_losses, per_sample_mse  # noqa: F401 (re-exported)
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def dpo_loss(model_w, model_l, ref_w, ref_l, beta: float):
-    """Diffusion-DPO loss from per-sample squared errors [B]; returns (loss, implicit accuracy)."""
-    import torch.nn.functional as F
-
-    inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
-    return -F.logsigmoid(inside).mean(), (inside > 0).float().mean()
-
-
-@contextlib.contextmanager
-def adapters_off(unet):
-    unet.disable_adapters()
-    try:
-        yield unet
-    finally:
-        unet.enable_adapters()
 
 
 def add_lora(unet, rank: int, alpha: float | None = None):
@@ -49,30 +23,6 @@ def add_lora(unet, rank: int, alpha: float | None = None):
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
                                 target_modules=TARGETS))
     return [p for p in unet.parameters() if p.requires_grad]
-
-
-def per_sample_mse(pred, target):
-    return ((pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, pred.ndim)))
-
-
-def dpo_step_losses(t2i, xw, xl, cond, beta: float, generator=None):
-    """One Diffusion-DPO loss: winner and loser share the noise and the timestep."""
-    import torch
-
-    sched = t2i.noise_scheduler()
-    n = xw.shape[0]
-    noise = torch.randn(xw.shape, generator=generator).to(xw.device)
-    t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=generator).to(xw.device)
-    x = torch.cat([sched.add_noise(xw, noise, t), sched.add_noise(xl, noise, t)])
-    tt, cc, eps = torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([noise, noise])
-    if sched.config.prediction_type == "v_prediction":
-        eps = sched.get_velocity(torch.cat([xw, xl]), eps, tt)
-    pred = t2i.unet(x, tt, cc).sample
-    mw, ml = per_sample_mse(pred, eps).chunk(2)
-    with torch.no_grad(), adapters_off(t2i.unet):
-        rpred = t2i.unet(x, tt, cc).sample
-        rw, rl = per_sample_mse(rpred, eps).chunk(2)
-    return dpo_loss(mw, ml, rw, rl, beta)
 
 
 def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int | None = None,
