@@ -7,14 +7,11 @@ Resumable (checkpoints every `ckpt_every` steps), loss curve in ``train_log.csv`
 """
 from __future__ import annotations
 
-import csv
 import json
-import sys
 import time
 from pathlib import Path
 
-from ...training import checkpoint
-from ...training.schedule import make_scheduler, set_threads
+from ...training.schedule import make_scheduler
 
 
 def encode_records(proc, records, images_cache=None):
@@ -58,60 +55,72 @@ def collate(items, pixel_values, pad_id):
             "pixel_values": pixel_values[[i for _, _, i in items]]}
 
 
-def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=True) -> dict:
-    import torch
-    from tqdm import tqdm
+class _Items:
+    """The encoded records as a map-style dataset (item i: (prompt ids, answer ids, image))."""
 
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=True) -> dict:
+    """Trains on the training harness (``sft``: ``effective_batch``, ``max_grad_norm`` (default
+    1.0 as before; null: none), ``bf16``, ``grad_checkpointing``, ``num_workers``).
+
+    Step s trains on ``effective_batch`` records drawn with replacement by a generator seeded
+    ``seed · 100003 + s`` (a function of the step: resuming needs no generator state), micro-batch
+    j taking the j-th ``batch_size`` of them. The loss of a micro-batch is the mean over its answer
+    tokens (the model's own loss), so with accumulation the step's loss weighs micro-batches
+    equally rather than tokens equally (exact only when micro-batches hold as many answer
+    tokens); at one micro-batch per step it is the hand-written loop's loss."""
+    import torch
+
+    from ...training.harness import Harness
     from .data import load_llava_instruct
     from .model import build_tiny
 
-    set_threads(threads)
     t0 = time.time()
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "ckpt"
     seed, tc = cfg["seed"], cfg["train"]
+    h = Harness({"max_grad_norm": 1.0, **tc}, seed=seed, out_dir=out_dir,
+                where="studies.mmalign.sft", threads=threads, stop_after=stop_after,
+                progress=progress)
     torch.manual_seed(seed)
     records = load_llava_instruct(cfg["data"]["file"], cfg["data"]["images"], tc.get("max_records"))
     model, proc = build_tiny(cfg["model"], cfg["colours"], cfg["shapes"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
     items, pixel_values = encode_records(proc, records)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
-    sched = make_scheduler(opt, tc["warmup"], tc["steps"])
-    # the data order comes from per-step generators, so torch's global RNG is not saved
-    ckpt = checkpoint.Resumable(ckpt_dir, {"model": model, "optimizer": opt, "scheduler": sched},
-                                every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after,
-                                rng=False)
-    start, log_rows = ckpt.resume()
-    model.train()
-    bs = tc["batch_size"]
-    bar = tqdm(range(start, tc["steps"]), desc="sft", disable=not progress, mininterval=5,
-               file=sys.stderr, initial=start, total=tc["steps"])
-    for step in bar:
+    eff = h.settings["effective_batch"]
+
+    def order(step):
         g = torch.Generator().manual_seed(seed * 100_003 + step)
-        idx = torch.randint(len(items), (bs,), generator=g).tolist()
-        batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], pixel_values,
-                                                     proc.tokenizer.pad_token_id).items()}
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % tc["log_every"] == 0 or step == tc["steps"] - 1:
-            log_rows.append({"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-        if ckpt.step_done(step + 1, log_rows):
-            return {"stopped_at": step + 1}
-    model.save_pretrained(out_dir / "model")
-    proc.save_pretrained(out_dir / "model")
-    with open(out_dir / "train_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["step", "loss", "lr"])
-        w.writeheader()
-        w.writerows(log_rows)
-    summary = {"steps": tc["steps"], "resumed_from": start, "records": len(records),
-               "final_loss": log_rows[-1]["loss"], "wall_s": round(time.time() - t0, 2),
-               "params": sum(p.numel() for p in model.parameters()), "device": device}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return torch.randint(len(items), (eff,), generator=g)
+
+    h.setup(model, lambda m: torch.optim.AdamW(m.parameters(), lr=tc["lr"],
+                                               weight_decay=tc["weight_decay"]),
+            lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"]))
+    pad = proc.tokenizer.pad_token_id
+
+    def step(batch):
+        return {"loss": h.model(**batch).loss}
+
+    result = h.fit(step, _Items(items), steps=tc["steps"], ckpt_every=tc["ckpt_every"],
+                   log_every=tc["log_every"], order=order,
+                   collate=lambda b: collate(b, pixel_values, pad), desc="sft")
+    if "stopped_at" in result:
+        return result
+    summary = {"steps": tc["steps"], "resumed_from": result["resumed_from"],
+               "records": len(records), "final_loss": result["final_loss"],
+               "wall_s": round(time.time() - t0, 2),
+               "params": sum(p.numel() for p in model.parameters()), "device": h.device.type,
+               "world_size": h.world_size, "effective_batch": eff}
+    if h.is_main:
+        model.save_pretrained(out_dir / "model")
+        proc.save_pretrained(out_dir / "model")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    h.barrier()
     return summary

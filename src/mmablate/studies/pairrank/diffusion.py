@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CheckpointError, ConfigError
-from ...training import checkpoint
 
 
 def world_text_states(clip, tokens):
@@ -31,6 +30,13 @@ def world_text_states(clip, tokens):
     x = x + clip.positional_embedding
     x = clip.transformer(x, attn_mask=clip.attn_mask)
     return clip.ln_final(x)
+
+
+def to_pixels(images):
+    """uint8 [N, H, W, 3] → float [N, 3, H, W] in [-1, 1] (on the CPU)."""
+    import torch
+
+    return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 class T2I:
@@ -64,8 +70,7 @@ class T2I:
         """uint8 [N, H, W, 3] → model space (pixels in [-1, 1], or VAE latents)."""
         import torch
 
-        x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        x = x.to(self.device)
+        x = to_pixels(images).to(self.device)
         if self.vae is None:
             return x
         with torch.no_grad():
@@ -172,25 +177,129 @@ def load_t2i(mcfg: dict, device: str = "cpu") -> T2I:
     raise ConfigError(f"model.kind {kind!r}: expected 'world' or 'sd'")
 
 
+# ---- per-step draws on the training harness ---------------------------------------------
+class StepDraws:
+    """The random draws of each optimizer step, made for the whole effective batch at once.
+
+    The harness asks ``order(step)`` for a step's dataset indices (in the main process, as its
+    DataLoader fetches the step's first micro-batch); here ``draw(step)`` also makes that step's
+    other per-sample draws (noise, timesteps, …) right there, in the order the hand-written loop
+    made them, and the study's step function takes its micro-batch's slice with `take()`. So
+
+    * at one process without accumulation the draws are the hand-written loop's, number for number;
+    * k micro-batches of B/k see the per-sample draws of one batch of B (micro-batch j of rank r
+      holds positions ``j·batch_size + r·batch_size/world …``, as the harness's sampler);
+    * a checkpoint stores the generators as they were right after the last finished step's draws
+      (``state()``), and a resumed run restores them before its first draw (`set_state` defers
+      to the next ``order`` call, after the harness has restored torch's global RNG), so the
+      run continues the uninterrupted run's random stream even when the loader prefetches.
+
+    ``draw(step) -> (indices [E], {name: tensor [E, ...]})``; ``generator``: the dedicated
+    generator the draws use (``global_rng``: whether they also use torch's global RNG).
+    """
+
+    def __init__(self, draw, generator, *, batch_size: int, micro_batch: int, accum: int,
+                 rank: int = 0, global_rng: bool = False):
+        self.draw, self.g, self.global_rng = draw, generator, global_rng
+        self.bs, self.per_rank, self.accum, self.rank = batch_size, micro_batch, accum, rank
+        self._extras, self._snap, self._pending = {}, {}, None
+        self._used = {}  # step → micro-batches taken
+        self.done = None
+
+    def order(self, step: int):
+        import torch
+
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        idx, extras = self.draw(step)
+        self._extras[step] = extras
+        snap = {"generator": self.g.get_state()}
+        if self.global_rng:
+            snap["rng"] = torch.get_rng_state()
+        self._snap[step] = snap
+        return idx
+
+    def take(self) -> dict:
+        """This micro-batch's slice of its step's draws (steps are taken in order)."""
+        step = min(self._extras)
+        j = self._used.get(step, 0)
+        lo = j * self.bs + self.rank * self.per_rank
+        out = {k: v[lo:lo + self.per_rank] for k, v in self._extras[step].items()}
+        if j + 1 == self.accum:
+            del self._extras[step]
+            self._used.pop(step, None)
+        else:
+            self._used[step] = j + 1
+        return out
+
+    def step_finished(self, step: int):
+        """The harness's ``after_step``: the state a checkpoint after ``step`` must hold."""
+        self.done = step
+        for s in [s for s in self._snap if s < step]:
+            del self._snap[s]
+
+    def state(self) -> dict:
+        if self.done is None:
+            raise RuntimeError("StepDraws.state before the first finished step")
+        return dict(self._snap[self.done])
+
+    def set_state(self, state: dict):
+        self._pending = dict(state)
+
+    def _restore(self, state):
+        import torch
+
+        self.g.set_state(state["generator"])
+        if self.global_rng and "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+    @property
+    def part(self):
+        """The (get, set) pair for the harness's ``extra_state``."""
+        return (self.state, self.set_state)
+
+
+def harness_block(tc: dict, **defaults) -> tuple[dict, bool]:
+    """(the training block to give the harness, whether to switch gradient checkpointing on
+    ourselves). ``defaults`` fill keys the block lacks (a trainer's behaviour before the harness,
+    e.g. its gradient clipping). diffusers' models switch checkpointing with
+    ``enable_gradient_checkpointing()``, which the harness does not look for, so the key is
+    taken out of the harness's block and the trainer calls it."""
+    block = {**defaults, **tc}
+    return {k: v for k, v in block.items() if k != "grad_checkpointing"}, \
+        bool(block.get("grad_checkpointing", False))
+
+
 # ---- pretraining the world model -----------------------------------------------------------
 def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None,
              progress: bool = True) -> dict:
-    """Trains the world's pixel-space UNet on the pretraining parquet (DDPM ε-prediction)."""
+    """Trains the world's pixel-space UNet on the pretraining parquet (DDPM ε-prediction), on
+    the training harness (``model.train``: ``effective_batch``, ``bf16``, ``grad_checkpointing``,
+    ``max_grad_norm`` (default none, as before), ``num_workers``).
+
+    Per step, the batch indices come from a generator seeded ``seed`` (its state checkpointed);
+    the classifier-free-guidance dropout, the noise and the timesteps come from torch's global RNG
+    (seeded ``seed`` before the UNet's initialisation), in this order, for the whole effective
+    batch (`StepDraws`). They are drawn on the CPU and moved to the device (the hand-written loop
+    drew the noise and timesteps on the device, so CUDA runs draw other numbers than before; the
+    CPU's are unchanged)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from tqdm import tqdm
 
     from ...data.pickapic import decode, read_table
-    from ...training.schedule import make_scheduler, set_threads
+    from ...training.harness import Harness, Tensors
+    from ...training.schedule import make_scheduler
 
-    set_threads(threads)
     t0 = time.time()
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "ckpt"
     seed = cfg["seed"]
-    torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     tc = cfg["train"]
+    block, grad_ckpt = harness_block(tc)
+    h = Harness(block, seed=seed, out_dir=out_dir, where="studies.pairrank.model.train",
+                threads=threads, stop_after=stop_after, progress=progress)
+    torch.manual_seed(seed)
+    device = h.device.type
     df = read_table(cfg["data"], required=("caption", "jpg"))
     if tc.get("max_samples"):
         df = df.iloc[:tc["max_samples"]]
@@ -199,52 +308,61 @@ def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None
         raise ConfigError(f"unet.sample_size {cfg['unet']['sample_size']} differs from the "
                           f"{images.shape[1]} px images of {cfg['data']}")
     captions = df["caption"].astype(str).tolist()
-    unet = UNet2DConditionModel(**cfg["unet"]).to(device)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    if grad_ckpt:
+        unet.enable_gradient_checkpointing()
     sched_cfg = DDPMScheduler(**cfg["scheduler"]).config
-    t2i = T2I(unet, sched_cfg, _world_text_encoder(cfg["text_encoder"], device), None,
-              cfg["unet"]["sample_size"], device)
+    t2i = T2I(unet, sched_cfg, _world_text_encoder(cfg["text_encoder"], h.device), None,
+              cfg["unet"]["sample_size"], h.device)
     noise_sched = t2i.noise_scheduler()
-    x_all = t2i.to_latent(images)
-    opt = torch.optim.AdamW(unet.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
-    lr_sched = make_scheduler(opt, tc["warmup"], tc["steps"])
+    x_all = to_pixels(images)  # the model space of the pixel UNet, kept on the CPU
     g = torch.Generator().manual_seed(seed)  # the data order; its state is checkpointed
-    ckpt = checkpoint.Resumable(ckpt_dir, {"model": unet, "optimizer": opt, "scheduler": lr_sched,
-                                           "generator": (g.get_state, g.set_state)},
-                                every=tc["ckpt_every"], total=tc["steps"], stop_after=stop_after)
-    start, log_rows = ckpt.resume()
-    unet.train()
-    bf16 = device == "cuda"
-    bar = tqdm(range(start, tc["steps"]), desc="pretrain unet", disable=not progress,
-               mininterval=5, file=sys.stderr, initial=start, total=tc["steps"])
-    for step in bar:
-        idx = torch.randint(0, len(captions), (tc["batch_size"],), generator=g)
-        x0 = x_all[idx]
-        ps = [captions[i] if torch.rand(1).item() >= tc["cfg_dropout"] else "" for i in idx.tolist()]
+    n_t = noise_sched.config.num_train_timesteps
+
+    def draw(step):
+        eff = h.settings["effective_batch"]
+        idx = torch.randint(0, len(captions), (eff,), generator=g)
+        keep = torch.tensor([torch.rand(1).item() >= tc["cfg_dropout"] for _ in range(eff)])
+        # randn_like of the batch (as the hand-written loop): the pixels' channels-last strides
+        # fix the order in which the noise fills them
+        noise = torch.randn_like(x_all[idx])
+        t = torch.randint(0, n_t, (eff,))
+        return idx, {"keep": keep, "noise": noise, "t": t}
+
+    draws = StepDraws(draw, g, batch_size=tc["batch_size"], micro_batch=h.micro_batch,
+                      accum=h.accum, rank=h.rank, global_rng=True)
+    h.setup(unet, lambda m: torch.optim.AdamW(m.parameters(), lr=tc["lr"],
+                                              weight_decay=tc["weight_decay"]),
+            lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"]),
+            extra_state={"generator": draws.part})
+
+    def step(batch):
+        x0, ids = batch
+        d = draws.take()
+        ps = [captions[i] if k else "" for i, k in zip(ids.tolist(), d["keep"].tolist())]
         cond = t2i.text_states(ps)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), device=device)
+        noise, t = d["noise"].to(h.device), d["t"].to(h.device)
         xt = noise_sched.add_noise(x0, noise, t)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            pred = unet(xt, t, cond).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-        if step % tc.get("log_every", 10) == 0 or step == tc["steps"] - 1:
-            log_rows.append({"step": step, "loss": loss.item(), "lr": lr_sched.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if ckpt.step_done(step + 1, log_rows):
-            return {"stopped_at": step + 1}
-    unet.save_pretrained(out_dir / "unet")
-    noise_sched.save_pretrained(out_dir / "scheduler")
-    write_log(out_dir / "train_log.csv", log_rows)
-    (out_dir / "t2i.json").write_text(json.dumps({"kind": "world",
-                                                  "text_encoder": cfg["text_encoder"]}, indent=1))
-    summary = {"steps": tc["steps"], "resumed_from": start, "final_loss": log_rows[-1]["loss"],
+        pred = h.model(xt, t, cond).sample
+        return {"loss": torch.nn.functional.mse_loss(pred.float(), noise)}
+
+    result = h.fit(step, Tensors(x_all, torch.arange(len(captions))), steps=tc["steps"],
+                   ckpt_every=tc["ckpt_every"], log_every=tc.get("log_every", 10),
+                   order=draws.order, after_step=draws.step_finished, desc="pretrain unet")
+    if "stopped_at" in result:
+        return result
+    summary = {"steps": tc["steps"], "resumed_from": result["resumed_from"],
+               "final_loss": result["final_loss"],
                "params": sum(p.numel() for p in unet.parameters()),
-               "wall_s": round(time.time() - t0, 2), "device": device}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+               "wall_s": round(time.time() - t0, 2), "device": device,
+               "world_size": h.world_size, "effective_batch": h.settings["effective_batch"]}
+    if h.is_main:
+        unet.save_pretrained(out_dir / "unet")
+        noise_sched.save_pretrained(out_dir / "scheduler")
+        (out_dir / "t2i.json").write_text(json.dumps({"kind": "world",
+                                                      "text_encoder": cfg["text_encoder"]}, indent=1))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    h.barrier()
     return summary
 
 

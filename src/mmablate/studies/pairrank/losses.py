@@ -53,11 +53,14 @@ def draw_noise(shape, num_train_timesteps: int, generator=None):
     return noise, t
 
 
-def dpo_step_losses(t2i, xw, xl, cond, beta: float, generator=None, noise=None, t=None):
+def dpo_step_losses(t2i, xw, xl, cond, beta: float, generator=None, noise=None, t=None,
+                    policy=None):
     """One Diffusion-DPO loss: winner and loser share the noise and the timestep.
 
     Without ``noise``/``t`` they are drawn here from ``generator`` (`draw_noise`); pass them to
-    compute a micro-batch of a batch whose draws were made up front."""
+    compute a micro-batch of a batch whose draws were made up front. ``policy``: the module that
+    runs the policy's forward (the harness's DDP-wrapped UNet; default ``t2i.unet``); the
+    reference is always ``t2i.unet`` with its adapters off."""
     import torch
 
     sched = t2i.noise_scheduler()
@@ -68,7 +71,7 @@ def dpo_step_losses(t2i, xw, xl, cond, beta: float, generator=None, noise=None, 
     tt, cc, eps = torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([noise, noise])
     if sched.config.prediction_type == "v_prediction":
         eps = sched.get_velocity(torch.cat([xw, xl]), eps, tt)
-    pred = t2i.unet(x, tt, cc).sample
+    pred = (policy if policy is not None else t2i.unet)(x, tt, cc).sample
     mw, ml = per_sample_mse(pred, eps).chunk(2)
     with torch.no_grad(), adapters_off(t2i.unet):
         rpred = t2i.unet(x, tt, cc).sample
