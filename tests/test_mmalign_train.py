@@ -228,3 +228,22 @@ def test_dpo_gradient_accumulation_equals_one_batch(setup, tmp_path, k):
     assert sum(float(d.abs().sum()) for d in one.values()) > 0  # it trained
     for n in one:
         torch.testing.assert_close(acc[n], one[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_sft_stopped_and_resumed_equals_uninterrupted(setup, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from mmablate.studies.mmalign.sft import train_sft
+
+    w = setup / "w"
+    cfg = {"seed": 0, "model": TINY, "colours": COLOURS, "shapes": SHAPES,
+           "data": {"file": str(w / "sft/llava_instruct.json"), "images": str(w / "images")},
+           "train": {"steps": 5, "batch_size": 4, "lr": 0.002, "weight_decay": 0.0, "warmup": 1,
+                     "log_every": 1, "ckpt_every": 2}}
+    whole = train_sft(cfg, tmp_path / "a", progress=False)
+    assert train_sft(cfg, tmp_path / "b", stop_after=3, progress=False) == {"stopped_at": 3}
+    resumed = train_sft(cfg, tmp_path / "b", progress=False)
+    assert resumed["resumed_from"] == 3 and resumed["final_loss"] == whole["final_loss"]
+    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a/model").state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b/model").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -377,3 +377,71 @@ def test_unet_pretraining_stopped_and_resumed_equals_uninterrupted(tmp_path, smo
     assert pretrain(cfg, tmp_path / "b", stop_after=3, progress=False) == {"stopped_at": 3}
     resumed = pretrain(cfg, tmp_path / "b", progress=False)
     assert resumed["resumed_from"] == 3 and resumed["final_loss"] == whole["final_loss"]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_dpo_gradient_accumulation_equals_one_batch(tmp_path, sd_dir, world, monkeypatch, k):
+    """k micro-batches of B/k give the gradient of one batch of B at every optimizer step: each
+    pair keeps its noise and timestep (drawn for the whole effective batch), the harness averages
+    the micro-batch losses. The gradients are recorded where the harness steps the optimizer."""
+    from mmablate.data.pickapic import load_pairs
+    from mmablate.studies.pairrank.dpo import train_dpo
+    from mmablate.training.harness import Harness
+
+    grads = []
+    real_step = Harness._optimizer_step
+
+    def recording_step(self):
+        grads.append({i: p.grad.detach().clone() for i, p in enumerate(self._params())})
+        real_step(self)
+
+    monkeypatch.setattr(Harness, "_optimizer_step", recording_step)
+    d, _ = world
+    pairs = d / "pairs_train.parquet"
+    sel = tmp_path / "selection.json"
+    sel.write_text(json.dumps({"pairs": str(pairs), "indices": list(range(len(load_pairs(pairs))))[:8]}))
+
+    def run(batch_size, name):
+        grads.clear()
+        cfg = {"selection": str(sel), "model": {"kind": "sd", "pretrained": str(sd_dir)},
+               # lr 0: both steps see the same weights, so step 2 checks the second step's draws
+               # (Adam's first update, ±lr wherever a gradient is nonzero, would magnify rounding)
+               "train": {"beta": 5000, "lora_rank": 4, "lora_alpha": 4, "lr": 0.0, "steps": 2,
+                         "batch_size": batch_size, "effective_batch": 4, "warmup": 1,
+                         "ckpt_every": 5, "log_every": 1}}
+        s = train_dpo(cfg, 0, tmp_path / name, progress=False)
+        assert s["effective_batch"] == 4
+        return list(grads)
+
+    one, acc = run(4, "one"), run(4 // k, f"acc{k}")
+    assert len(one) == len(acc) == 2
+    assert all(any(g.abs().sum() > 0 for g in step.values()) for step in one)
+    # float32 tolerance: β = 5000 multiplies the rounding of the per-pair errors (the convolutions
+    # sum in another order at another batch size), so elementwise tolerances are measured against
+    # each tensor's size; a wrong draw or a wrong scaling is off by O(1)
+    for n, (s_one, s_acc) in enumerate(zip(one, acc)):
+        for i in s_one:
+            err = float((s_acc[i] - s_one[i]).norm() / s_one[i].norm().clamp_min(1e-12))
+            assert err < 1e-4, (i, err)
+
+
+def test_step_draws_slice_micro_batches_and_resume_after_the_finished_step():
+    from mmablate.studies.pairrank.diffusion import StepDraws
+
+    def drawer(g):
+        return lambda step: (torch.arange(4) + 10 * step, {"noise": torch.randn(4, generator=g)})
+
+    g = torch.Generator().manual_seed(0)
+    d = StepDraws(drawer(g), g, batch_size=2, micro_batch=1, accum=2, rank=1)  # rank 1 of 2
+    d.order(0)
+    full = d._extras[0]["noise"].clone()
+    d.order(1)  # a prefetching loader may ask for the next step before this one ran
+    assert [float(d.take()["noise"]) for _ in range(2)] == [float(full[1]), float(full[3])]
+    d.step_finished(0)
+    after0 = d.state()["generator"]
+    assert not torch.equal(after0, g.get_state())  # step 1's draws moved the generator on
+    g2 = torch.Generator().manual_seed(123)
+    d2 = StepDraws(drawer(g2), g2, batch_size=2, micro_batch=1, accum=2, rank=1)
+    d2.set_state(d.state())
+    d2.order(1)  # restored before its first draw: step 1 draws what it drew before
+    torch.testing.assert_close(d2._extras[1]["noise"], d._extras[1]["noise"])
