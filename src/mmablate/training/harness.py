@@ -72,6 +72,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -133,6 +134,81 @@ def epoch_order(n: int, effective_batch: int, seed: int):
     return order
 
 
+class SampledOrder:
+    """Indices drawn with replacement from one sequential generator, ``randint(0, n, (count,))``
+    per step (the reward twins' and captioners' order before the harness). Resumable: it is
+    checkpointed with the run (the generator's state before the first step not yet done, also
+    when the DataLoader has drawn ahead), so a resumed run draws what an uninterrupted one does.
+    The steps must be drawn in order."""
+
+    def __init__(self, n: int, count: int, generator):
+        self.n, self.count, self.g = n, count, generator
+        self._states, self._next, self.done = {}, None, 0
+
+    def __call__(self, step: int):
+        import torch
+
+        if self._next is not None and step != self._next:
+            raise ValueError(f"SampledOrder: step {step} drawn out of order (expected {self._next})")
+        self._states[step] = self.g.get_state()
+        self._next = step + 1
+        return torch.randint(0, self.n, (self.count,), generator=self.g)
+
+    def mark_done(self, done: int):
+        self.done = done
+        for k in [k for k in self._states if k < done]:
+            del self._states[k]
+
+    def state_dict(self):
+        return {"generator": self._states.get(self.done, self.g.get_state()), "step": self.done}
+
+    def load_state_dict(self, state):
+        self.g.set_state(state["generator"])
+        self._next = self.done = int(state["step"])
+        self._states = {}
+
+
+def accum_features(micro, backward, features, loss):
+    """Cached-feature accumulation for an objective over the whole effective batch (open_clip_
+    train's ``accum_freq``), for ``fit(..., group=True)`` steps.
+
+    ``features(batch) -> (tuple of per-sample tensors, extra)``; ``loss(tensors, extra) -> dict``
+    with ``"loss"``. One micro-batch: features, loss, backward. k micro-batches: the features of
+    all are computed without gradients, then each micro-batch is recomputed with gradients, put
+    in its place among the cached ones, and the loss of the whole effective batch back-propagated
+    (no division by k: the k backward passes together give the full-batch gradient).
+    """
+    import torch
+
+    if len(micro) == 1:
+        feats, extra = features(micro[0])
+        losses = loss(feats, extra)
+        backward(losses["loss"])
+        return losses
+    with torch.no_grad():
+        cache = [features(b)[0] for b in micro]
+    for j, b in enumerate(micro):
+        feats, extra = features(b)
+        full = tuple(torch.cat([c[i] for c in cache[:j]] + [f] + [c[i] for c in cache[j + 1:]])
+                     for i, f in enumerate(feats))
+        losses = loss(full, extra)
+        backward(losses["loss"])
+    return losses
+
+
+class _NoCheckpoint:
+    """``fit(ckpt_every=None)``: no checkpoints (a short stage that reruns from the start)."""
+
+    def __init__(self, stop_after):
+        self.stop_after = stop_after
+
+    def resume(self, log=None):
+        return 0, []
+
+    def step_done(self, done, log_rows):
+        return self.stop_after is not None and done >= self.stop_after
+
+
 class StepSampler:
     """Batch sampler: this rank's indices of every micro-batch of steps [start, stop)."""
 
@@ -185,6 +261,16 @@ def as_is(batch):
     return batch
 
 
+def _kill_at():
+    """``MMABLATE_TEST_SIGKILL=RANK:STEP``: that rank SIGKILLs itself once STEP is done — the
+    fault-tolerance test's kill of one rank mid-run, at a step it chooses (no race with a timer)."""
+    v = os.environ.get("MMABLATE_TEST_SIGKILL")
+    if not v:
+        return None
+    rank, step = v.split(":")
+    return int(rank), int(step)
+
+
 def _to_device(batch, device):
     import torch
 
@@ -233,6 +319,7 @@ class Harness:
         self.is_main, self.device = acc.is_main_process, acc.device
         self.accum, self.micro_batch = self.settings["accum"], self.settings["micro_batch"]
         self.model = self.unwrapped = self.optimizer = self.scheduler = None
+        self.log_rows: list[dict] = []
         self.t0 = time.time()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -293,9 +380,11 @@ class Harness:
             print(*a, file=sys.stderr)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _resumable(self, steps, every):
+    def _resumable(self, steps, every, order=None):
         from . import checkpoint
 
+        if every is None:
+            return _NoCheckpoint(self.stop_after)
         parts = {"model": self.unwrapped if not self._dict else None}
         if self._dict:
             parts = dict(self.unwrapped)
@@ -303,6 +392,8 @@ class Harness:
         if self.scheduler is not None:
             parts["scheduler"] = self.scheduler
         parts.update(self._extra)
+        if hasattr(order, "state_dict"):
+            parts["data_order"] = order
         return checkpoint.Resumable(self.ckpt_dir, parts, every=every, total=steps,
                                     stop_after=self.stop_after, dist=self)
 
@@ -333,9 +424,16 @@ class Harness:
                           generator=torch.Generator().manual_seed(self.seed),
                           persistent_workers=False, **({"prefetch_factor": 4} if nw else {}))
 
-    def fit(self, step, data, *, steps: int, ckpt_every: int, log_every: int = 10, order=None,
-            collate=None, after_step=None, group: bool = False, summary: dict | None = None,
-            desc: str | None = None) -> dict:
+    def sampled_order(self, n: int, generator) -> "SampledOrder":
+        """`SampledOrder` of this run's effective batch (see there)."""
+        return SampledOrder(n, self.settings["effective_batch"], generator)
+
+    def fit(self, step, data, *, steps: int, ckpt_every: int | None, log_every: int = 10,
+            order=None, collate=None, after_step=None, group: bool = False,
+            summary: dict | None = None, desc: str | None = None, columns=None,
+            log_last: bool = True,
+            log_file: str | None = "train_log.csv",
+            summary_file: str | None = "train_summary.json") -> dict:
         import torch
         from tqdm import tqdm
 
@@ -344,7 +442,7 @@ class Harness:
         acc = self.accelerator
         eff = self.settings["effective_batch"]
         order = order or epoch_order(len(data), eff, self.seed)
-        ckpt = self._resumable(steps, ckpt_every)
+        ckpt = self._resumable(steps, ckpt_every, order)
         start, log_rows = ckpt.resume()
         for m in self._wrapped:
             m.train()
@@ -355,6 +453,7 @@ class Harness:
                    disable=not (self.progress and self.is_main), mininterval=5, file=sys.stderr,
                    initial=start, total=steps)
         main_model = self._wrapped[0] if len(self._wrapped) == 1 else None
+        kill_at = _kill_at()
         for s in bar:
             micro = [_to_device(next(it), self.device) for _ in range(self.accum)]
             if group:
@@ -363,7 +462,9 @@ class Harness:
                 losses = self._accum_step(step, micro, main_model)
             if after_step is not None:
                 after_step(s)
-            if s % log_every == 0 or s == steps - 1:
+            if hasattr(order, "mark_done"):
+                order.mark_done(s + 1)
+            if s % log_every == 0 or (log_last and s == steps - 1):
                 row = {"step": s}
                 if self.scheduler is not None:
                     row["lr"] = self.scheduler.get_last_lr()[0]
@@ -379,8 +480,12 @@ class Harness:
             if ckpt.step_done(s + 1, log_rows):
                 bar.close()
                 return {"stopped_at": s + 1}
+            if kill_at == (self.rank, s + 1):
+                os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
-        return self._finish(steps, start, log_rows, summary or {})
+        self.log_rows = log_rows
+        return self._finish(steps, start, log_rows, summary or {}, columns, log_file,
+                            summary_file)
 
     def _optimizer_step(self):
         acc = self.accelerator
@@ -435,9 +540,7 @@ class Harness:
         self._optimizer_step()
         return losses
 
-    def _finish(self, steps, start, log_rows, extra) -> dict:
-        import torch
-
+    def _finish(self, steps, start, log_rows, extra, columns, log_file, summary_file) -> dict:
         ps = list((self.unwrapped.values() if self._dict else [self.unwrapped]))
         summary = {"seed": self.seed, "steps": steps, "resumed_from": start,
                    "final_loss": log_rows[-1].get("loss") if log_rows else None,
@@ -448,12 +551,13 @@ class Harness:
         summary.update(extra)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            keys = sorted({k for r in log_rows for k in r})
-            with open(self.out_dir / "train_log.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, keys)
-                w.writeheader()
-                w.writerows(log_rows)
-            (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            if log_file:
+                keys = list(columns) if columns else sorted({k for r in log_rows for k in r})
+                with open(self.out_dir / log_file, "w", newline="") as f:
+                    w = csv.DictWriter(f, keys, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(log_rows)
+            if summary_file:
+                (self.out_dir / summary_file).write_text(json.dumps(summary, indent=1))
         self.barrier()
-        del torch
         return summary

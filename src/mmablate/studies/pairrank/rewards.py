@@ -25,7 +25,6 @@ ImageReward's BLIP backbone is not ported (see `_paper_image_reward`).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -92,27 +91,66 @@ def _image_size(model):
     return s[0] if isinstance(s, (tuple, list)) else s
 
 
+def _pair_module(head):
+    """head(w) − head(l) as one module (one forward through DDP per step)."""
+    import torch
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, w, l):
+            return self.head(w) - self.head(l)
+
+    return Pair()
+
+
+def _pair_scorer(clip):
+    """The CLIP twin's three encodings of one step as one module (DDP needs one forward)."""
+    import torch
+
+    class Scorer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, toks, x0, x1):
+            t = self.clip.encode_text(toks, normalize=True)
+            i0 = self.clip.encode_image(x0, normalize=True)
+            i1 = self.clip.encode_image(x1, normalize=True)
+            return t, i0, i1, self.clip.logit_scale.exp()
+
+    return Scorer()
+
+
 def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
-    """Trains one world twin (cfg["kind"]) and saves it to `out` (a torch file)."""
+    """Trains one world twin (cfg["kind"]) and saves it to `out` (a torch file).
+
+    The three training loops run on the training harness (`mmablate.training.harness`) with
+    today's data order (indices drawn with replacement from one generator seeded ``seed``) and
+    log steps; no checkpoints (``train.ckpt_every`` turns them on), no scheduler, no clipping
+    unless ``train.max_grad_norm`` is set.
+    """
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     from ...data.pickapic import decode, read_table
-    from ...training.schedule import set_threads
+    from ...training.harness import Harness, Tensors
 
-    set_threads(threads)
-    t0 = time.time()
     kind = cfg["kind"]
     if kind not in KINDS:
         raise ConfigError(f"reward kind {kind!r}: expected one of {list(KINDS)}")
     seed = cfg["seed"]
+    tc = cfg["train"]
+    h = Harness(tc, seed=seed, out_dir=Path(out).parent, where=f"rewards.train.{kind}",
+                threads=threads, progress=progress)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    tc = cfg["train"]
     clip, tok = _clip(cfg["clip"])
     size = _image_size(clip)
-    log = []
+    fit = dict(steps=tc["steps"], ckpt_every=tc.get("ckpt_every"), log_last=False,
+               columns=["loss", "step"], summary_file=None)
     if kind == "aesthetic":
         df = read_table(cfg["data"], required=("jpg", "rating"))
         imgs = np.stack([decode(b, f"{cfg['data']}: row {k} (jpg)") for k, b in enumerate(df["jpg"])])
@@ -120,16 +158,14 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
         with torch.no_grad():
             emb = F.normalize(clip.encode_image(clip_pixels(imgs, size)), dim=-1)
         head = _mlp([emb.shape[1], tc["hidden"], 16, 1], 0.1)
-        opt = torch.optim.AdamW(head.parameters(), lr=tc["lr"])
-        for step in tqdm(range(tc["steps"]), desc="aesthetic twin", disable=not progress,
-                         file=sys.stderr, mininterval=5):
-            idx = torch.randint(0, len(y), (tc["batch_size"],), generator=g)
-            loss = F.mse_loss(head(emb[idx]).squeeze(1), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % 20 == 0:
-                log.append({"step": step, "loss": loss.item()})
+        h.setup(head, lambda m: torch.optim.AdamW(m.parameters(), lr=tc["lr"]))
+
+        def step(batch):
+            e, t = batch
+            return {"loss": F.mse_loss(h.model(e).squeeze(1), t)}
+
+        h.fit(step, Tensors(emb, y), order=h.sampled_order(len(y), g), log_every=20,
+              desc="aesthetic twin", **fit)
         state = {"head": head.state_dict(), "hidden": tc["hidden"]}
     else:
         pairs_all = read_table(cfg["data"])
@@ -142,25 +178,21 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
         toks = tok(caps)
         target = torch.stack([l0[keep], 1 - l0[keep]], 1)
         if kind in ("pickscore", "hpsv2"):
-            opt = torch.optim.AdamW([p for p in clip.parameters() if p.requires_grad],
-                                    lr=tc["lr"], weight_decay=0.1)
-            clip.train()
-            for step in tqdm(range(tc["steps"]), desc=f"{kind} twin", disable=not progress,
-                             file=sys.stderr, mininterval=5):
-                idx = torch.randint(0, len(caps), (tc["batch_size"],), generator=g)
-                t = clip.encode_text(toks[idx], normalize=True)
-                i0 = clip.encode_image(x0[idx], normalize=True)
-                i1 = clip.encode_image(x1[idx], normalize=True)
-                s = clip.logit_scale.exp()
+            h.setup(_pair_scorer(clip), lambda m: torch.optim.AdamW(
+                [p for p in m.clip.parameters() if p.requires_grad], lr=tc["lr"], weight_decay=0.1))
+
+            def step(batch):
+                tk, a, b, tg = batch
+                t, i0, i1, s = h.model(tk, a, b)
                 logits = s * torch.stack([(t * i0).sum(1), (t * i1).sum(1)], 1)
-                loss = -(target[idx] * F.log_softmax(logits, 1)).sum(1).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                return {"loss": -(tg * F.log_softmax(logits, 1)).sum(1).mean()}
+
+            def clamp(_step):
                 with torch.no_grad():
                     clip.logit_scale.clamp_(0, 4.6052)
-                if step % 10 == 0:
-                    log.append({"step": step, "loss": loss.item()})
+
+            h.fit(step, Tensors(toks, x0, x1, target), order=h.sampled_order(len(caps), g),
+                  log_every=10, after_step=clamp, desc=f"{kind} twin", **fit)
             state = {"clip": clip.state_dict()}
         else:  # image_reward
             with torch.no_grad():
@@ -169,32 +201,29 @@ def train_twin(cfg: dict, out, threads: int = 1, progress: bool = True) -> dict:
                 e1 = clip.encode_image(x1, normalize=True)
             f0, f1 = _joint(e0, t), _joint(e1, t)
             head = _mlp([f0.shape[1], tc["hidden"], 16, 1], 0.1)
-            opt = torch.optim.AdamW(head.parameters(), lr=tc["lr"])
             win0 = target[:, 0] > 0.5
             fw = torch.where(win0[:, None], f0, f1)
             fl = torch.where(win0[:, None], f1, f0)
-            for step in tqdm(range(tc["steps"]), desc="image_reward twin", disable=not progress,
-                             file=sys.stderr, mininterval=5):
-                idx = torch.randint(0, len(fw), (tc["batch_size"],), generator=g)
-                loss = -F.logsigmoid(head(fw[idx]) - head(fl[idx])).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if step % 20 == 0:
-                    log.append({"step": step, "loss": loss.item()})
+            h.setup(_pair_module(head), lambda m: torch.optim.AdamW(m.head.parameters(), lr=tc["lr"]))
+
+            def step(batch):
+                return {"loss": -F.logsigmoid(h.model(*batch)).mean()}
+
+            h.fit(step, Tensors(fw, fl), order=h.sampled_order(len(fw), g), log_every=20,
+                  desc="image_reward twin", **fit)
             head.eval()
             with torch.no_grad():
-                r = head(torch.cat([f0, f1])).squeeze(1)
+                r = head(torch.cat([f0, f1]).to(h.device)).squeeze(1)
             state = {"head": head.state_dict(), "hidden": tc["hidden"],
                      "mean": float(r.mean()), "std": float(r.std())}
+    log = h.log_rows
+    if not h.is_main:
+        return {"kind": kind, "rank": h.rank}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"kind": kind, "clip_cfg": cfg["clip"], **state}, out)
-    from .diffusion import write_log
-
-    write_log(out.parent / "train_log.csv", log)
     summary = {"kind": kind, "first_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
-               "wall_s": round(time.time() - t0, 2)}
+               "wall_s": round(time.time() - h.t0, 2)}
     (out.parent / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

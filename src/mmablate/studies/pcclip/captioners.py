@@ -24,11 +24,8 @@ serves both scales.
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
-import sys
-import time
 from pathlib import Path
 
 from ...errors import ConfigError, DataError
@@ -166,15 +163,27 @@ def _pad(seqs, value):
 
 def train_captioner(spec: dict, rows: list[dict], out_dir, seed: int = 0, threads: int = 1,
                     progress: bool = True) -> dict:
-    """Trains a small captioner of `spec`'s family from scratch on (captions → difference) rows."""
+    """Trains a small captioner of `spec`'s family from scratch on (captions → difference) rows.
+
+    On the training harness (`mmablate.training.harness`); the data order is today's: indices
+    drawn with replacement from one generator seeded `seed`, which (masked family) also draws
+    the masking position of each example in the step. Gradients are clipped at norm 1
+    (``train.max_grad_norm``, default 1.0). With ``num_workers`` > 0 the loader draws the next
+    steps' indices ahead of this step's masking, so the masked family's numbers differ from
+    ``num_workers: 0`` (the default); across N ranks each rank pads its own micro-batch and the
+    token-mean loss is averaged over ranks (not the global token mean). No checkpoints unless
+    ``train.ckpt_every`` is set (then in ``<out_dir>/../ckpt``).
+    """
     import torch
-    from tqdm import tqdm
 
-    from ...training.schedule import make_scheduler, set_threads
+    from ...training.harness import Harness
+    from ...training.schedule import make_scheduler
 
-    set_threads(threads)
-    torch.manual_seed(seed)
-    t0 = time.time()
+    torch.manual_seed(seed)  # the harness's set-up draws nothing from it
+    out_dir = Path(out_dir)
+    tc = spec["train"]
+    h = Harness(dict(tc, max_grad_norm=tc.get("max_grad_norm", 1.0)), seed=seed,
+                out_dir=out_dir.parent, where="train", threads=threads, progress=progress)
     fam = ARCHS[spec["arch"]]
     slots = spec.get("slots", 12)
     texts = [spec["prompt"].format(a=r["caption_a"], b=r["caption_b"]) + " " + r["difference"]
@@ -183,46 +192,39 @@ def train_captioner(spec: dict, rows: list[dict], out_dir, seed: int = 0, thread
     ex = _examples(spec, rows, tok, slots)
     max_len = max(max(len(i), len(l)) for i, l in ex) + 8
     model = build_model(spec["arch"], spec["size"], tok, max(64, max_len))
-    tc = spec["train"]
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=0.01)
-    sched = make_scheduler(opt, tc.get("warmup", 20), tc["steps"])
+    h.setup(model, lambda m: torch.optim.AdamW(m.parameters(), lr=tc["lr"], weight_decay=0.01),
+            lambda opt: make_scheduler(opt, tc.get("warmup", 20), tc["steps"]))
     g = torch.Generator().manual_seed(seed)
-    log = []
-    model.train()
-    for step in tqdm(range(tc["steps"]), desc=f"captioner {spec['arch']}", disable=not progress,
-                     mininterval=5, file=sys.stderr):
-        idx = torch.randint(len(ex), (tc["batch_size"],), generator=g).tolist()
-        ids = [ex[i][0] for i in idx]
-        labels = [ex[i][1] for i in idx]
+
+    def step(batch):
+        ids = [b[0] for b in batch]
+        labels = [b[1] for b in batch]
         if fam == "masked":
             ids, labels = zip(*[_mask_suffix(a, b, tok.mask_token_id, g) for a, b in zip(ids, labels)])
+        x = _pad(ids, tok.pad_token_id).to(h.device)
+        y = _pad(labels, -100).to(h.device)
         if fam == "seq2seq":
-            x = _pad(ids, tok.pad_token_id)
-            y = _pad(labels, -100)
-            o = model(input_ids=x, attention_mask=(x != tok.pad_token_id).long(), labels=y)
+            mask = (x != tok.pad_token_id).long()
         else:
-            x = _pad(ids, tok.pad_token_id)
-            y = _pad(labels, -100)
-            mask = _pad([[1] * len(s) for s in ids], 0)
-            o = model(input_ids=x, attention_mask=mask, labels=y)
-        opt.zero_grad(set_to_none=True)
-        o.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 20 == 0 or step == tc["steps"] - 1:
-            log.append({"step": step, "loss": float(o.loss.detach())})
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    (out_dir / "mmablate_captioner.json").write_text(json.dumps({"family": fam, "slots": slots}))
-    with open(out_dir.parent / "train_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["step", "loss"])
-        w.writeheader()
-        w.writerows(log)
-    return {"arch": spec["arch"], "family": fam, "steps": tc["steps"], "final_loss": log[-1]["loss"],
+            mask = _pad([[1] * len(s) for s in ids], 0).to(h.device)
+        return {"loss": h.model(input_ids=x, attention_mask=mask, labels=y).loss}
+
+    result = h.fit(step, ex, steps=tc["steps"], ckpt_every=tc.get("ckpt_every"), log_every=20,
+                   order=h.sampled_order(len(ex), g), collate=_as_list, columns=["step", "loss"],
+                   summary_file=None, desc=f"captioner {spec['arch']}")
+    if h.is_main:
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        (out_dir / "mmablate_captioner.json").write_text(json.dumps({"family": fam, "slots": slots}))
+    h.barrier()
+    return {"arch": spec["arch"], "family": fam, "steps": tc["steps"],
+            "final_loss": result["final_loss"],
             "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
-            "wall_s": round(time.time() - t0, 2)}
+            "wall_s": result["wall_s"]}
+
+
+def _as_list(batch):
+    return batch
 
 
 # ---- the backends -------------------------------------------------------------------------------

@@ -5,18 +5,15 @@ text describing how the first image differs from the second.
   base model and shared by every text-encoder-only variant (the image encoder is frozen there);
 * `finetune` — trains the text encoder (``encoders: text``, the paper's) or the text and image
   encoders jointly (``text_image``), plus the concatenation's projection where ``combine: concat``.
-  The logit scale stays at the pretrained model's value. Resumable checkpoints, loss curve CSV.
+  The logit scale stays at the pretrained model's value. Runs on the training harness
+  (`mmablate.training.harness`): resumable checkpoints, loss curve CSV, N ranks, accumulation.
 """
 from __future__ import annotations
 
-import csv
-import json
-import sys
 import time
 from pathlib import Path
 
 from ...errors import CheckpointError, DataError
-from ...training import checkpoint
 from ...training.schedule import make_scheduler, param_groups, set_threads
 
 
@@ -88,97 +85,103 @@ def embed_dim(model) -> int:
         int(model.token_embedding.weight.shape[1])
 
 
-def _batch(n: int, batch: int, step: int, seed: int):
+def _towers(clip, text_only: bool):
+    """The CLIP part of one finetuning batch as one module, so that DDP sees a forward through its
+    wrapper (calling ``encode_text`` on the bare model would skip DDP's gradient sync)."""
     import torch
 
-    per_epoch = max(1, n // batch)
-    epoch, k = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)[k * batch:(k + 1) * batch]
+    class Towers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip, self.text_only = clip, text_only
+
+        def forward(self, a, b, texts):
+            if self.text_only:  # a, b: the frozen image encoder's precomputed embeddings
+                fa, fb = a, b
+            else:
+                fa = self.clip.encode_image(a, normalize=True).float()
+                fb = self.clip.encode_image(b, normalize=True).float()
+            return fa, fb, self.clip.encode_text(texts, normalize=True).float()
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            if self.text_only:
+                self.clip.visual.eval()  # the frozen image tower stays in eval mode
+            return self
+
+    return Towers()
 
 
 def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: str | None, out,
              threads: int = 1, stop_after: int | None = None, progress: bool = True) -> dict:
+    """On the training harness (`mmablate.training.harness`): N ranks gather the combined image
+    vectors and the caption embeddings with gradients before the loss (the contrastive and hinge
+    losses are over the whole batch); ``effective_batch`` > ``batch_size`` accumulates as
+    open_clip_train's ``accum_freq`` (cached features, the loss over the whole effective batch)."""
     import torch
-    from tqdm import tqdm
 
+    from ...training.harness import Harness, Tensors, accum_features
     from .data import read_captions, read_pairs
     from .losses import Combine, PairLoss
 
-    set_threads(threads)
-    t0 = time.time()
-    torch.manual_seed(seed)
     out = Path(out)
-    ckpt_dir = out.parent / "ckpt"
     fc = cfg["finetune"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tcfg = dict(fc)
+    torch.manual_seed(seed)
     model, preprocess, tok = load_clip(cfg["model"], base)
     dim = embed_dim(model)
     rows = read_pairs(cfg["pairs"], "train", need_images=fc["encoders"] == "text_image")
     caps = read_captions(captions_csv, len(rows))
     keep = sorted(caps)
+    if tcfg["batch_size"] > len(keep) and tcfg.get("effective_batch") in (None, tcfg["batch_size"]):
+        tcfg["batch_size"] = tcfg["effective_batch"] = len(keep)  # as many pairs as there are
+    h = Harness(tcfg, seed=seed, out_dir=out.parent, where="finetune", threads=threads,
+                stop_after=stop_after, progress=progress)
+    if h.settings["effective_batch"] > len(keep):
+        raise DataError(f"{captions_csv}: {len(keep)} captioned pairs, fewer than "
+                        f"finetune.effective_batch {h.settings['effective_batch']}")
     texts = tok([caps[i] for i in keep])
-    if fc["encoders"] == "text":
+    text_only = fc["encoders"] == "text"
+    if text_only:
         if embeddings is None:
             raise DataError("a text-encoder-only finetuning needs the precomputed image embeddings")
         ea, eb = load_embeddings(embeddings, len(rows), dim)
-        ea, eb = ea[keep], eb[keep]
+        data = Tensors(ea[keep], eb[keep], texts)
         for p in model.visual.parameters():
             p.requires_grad_(False)
     else:
         ia, ib = pair_images([rows[i] for i in keep], preprocess)
+        data = Tensors(ia, ib, texts)
     model.logit_scale.requires_grad_(False)  # the pretrained temperature, as the paper
-    combine = Combine(fc["combine"], dim).to(device)
+    combine = Combine(fc["combine"], dim)
     loss_fn = PairLoss(fc["loss"], fc.get("margin", 0.2))
-    model.to(device)
-    groups = param_groups(model, fc["weight_decay"]) + \
-        [{"params": list(combine.parameters()), "weight_decay": fc["weight_decay"]}]
-    groups = [g for g in groups if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=fc["lr"], betas=(0.9, 0.98), eps=1e-6)
-    sched = make_scheduler(opt, fc["warmup"], fc["steps"])
-    ckpt = checkpoint.Resumable(ckpt_dir, {"model": model, "combine": combine, "optimizer": opt,
-                                           "scheduler": sched},
-                                every=fc["ckpt_every"], total=fc["steps"], stop_after=stop_after)
-    start, log_rows = ckpt.resume()
-    model.train()
-    if fc["encoders"] == "text":
-        model.visual.eval()
-    bf16 = device == "cuda"
-    bs = min(fc["batch_size"], len(keep))
-    bar = tqdm(range(start, fc["steps"]), desc=f"pcclip finetune seed {seed}", file=sys.stderr,
-               disable=not progress, mininterval=5, initial=start, total=fc["steps"])
-    for step in bar:
-        idx = _batch(len(keep), bs, step, seed)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            if fc["encoders"] == "text":
-                fa, fb = ea[idx].to(device), eb[idx].to(device)
-            else:
-                fa = model.encode_image(ia[idx].to(device), normalize=True).float()
-                fb = model.encode_image(ib[idx].to(device), normalize=True).float()
-            t = model.encode_text(texts[idx].to(device), normalize=True).float()
-            loss = loss_fn(combine(fa, fb), t, model.logit_scale.exp().float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % fc.get("log_every", 10) == 0 or step == fc["steps"] - 1:
-            log_rows.append({"step": step, "lr": sched.get_last_lr()[0], "loss": float(loss)})
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-        if ckpt.step_done(step + 1, log_rows):
-            return {"stopped_at": step + 1}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "combine": combine.state_dict(),
-                "combine_op": fc["combine"], "dim": dim}, out.with_suffix(".tmp"))
-    out.with_suffix(".tmp").replace(out)
-    with open(out.parent / "train_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["step", "lr", "loss"])
-        w.writeheader()
-        w.writerows(log_rows)
-    summary = {"seed": seed, "steps": fc["steps"], "resumed_from": start, "pairs": len(keep),
-               "final_loss": log_rows[-1]["loss"] if log_rows else None, "device": device,
-               "wall_s": round(time.time() - t0, 2)}
-    (out.parent / "train_summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+
+    def make_optimizer(m):
+        groups = param_groups(m["model"].clip, fc["weight_decay"]) + \
+            [{"params": list(m["combine"].parameters()), "weight_decay": fc["weight_decay"]}]
+        groups = [g for g in groups if g["params"]]
+        return torch.optim.AdamW(groups, lr=fc["lr"], betas=(0.9, 0.98), eps=1e-6)
+
+    h.setup({"model": _towers(model, text_only), "combine": combine}, make_optimizer,
+            lambda opt: make_scheduler(opt, fc["warmup"], fc["steps"]))
+
+    def features(batch):
+        fa, fb, t = h.model["model"](*batch)
+        v = h.model["combine"](fa, fb)
+        return (h.gather(v), h.gather(t)), model.logit_scale.exp().float()
+
+    def step(micro, backward):
+        return accum_features(micro, backward, features,
+                              lambda f, scale: {"loss": loss_fn(f[0], f[1], scale)})
+
+    result = h.fit(step, data, steps=fc["steps"], ckpt_every=fc["ckpt_every"],
+                   log_every=fc.get("log_every", 10), group=True, columns=["step", "lr", "loss"],
+                   summary={"pairs": len(keep)}, desc=f"pcclip finetune seed {seed}")
+    if "stopped_at" in result:
+        return result
+    h.save_final({"model": model.state_dict(), "combine": combine.state_dict(),
+                  "combine_op": fc["combine"], "dim": dim}, out)
+    return result
 
 
 def load_finetuned(model, path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...training.harness import Harness, Tensors
+from ...training.harness import Harness, Tensors, accum_features
 from ...training.schedule import make_scheduler, param_groups
 
 
@@ -70,27 +70,16 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
             lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"]))
     dataset = Tensors(data.images, texts) if data.images is not None else _ImageText(data, texts)
 
-    def features(images, tokens):
+    def features(batch):
+        images, tokens = batch
         o = h.model(images, tokens)
         # the losses in fp32 (autocast covers the towers), over the whole batch of all ranks
-        return (h.gather(o["image_features"].float()), h.gather(o["text_features"].float()),
+        return ((h.gather(o["image_features"].float()), h.gather(o["text_features"].float())),
                 o["logit_scale"].float())
 
     def step(micro, backward):
-        if len(micro) == 1:
-            img, txt, scale = features(*micro[0])
-            losses = loss_fn(img, txt, scale)
-            backward(losses["loss"])
-            return losses
-        with torch.no_grad():  # open_clip_train's accum_freq: cache every micro-batch's features
-            cache = [features(*b)[:2] for b in micro]
-        for j, b in enumerate(micro):
-            img, txt, scale = features(*b)
-            imgs = torch.cat([c[0] for c in cache[:j]] + [img] + [c[0] for c in cache[j + 1:]])
-            txts = torch.cat([c[1] for c in cache[:j]] + [txt] + [c[1] for c in cache[j + 1:]])
-            losses = loss_fn(imgs, txts, scale)
-            backward(losses["loss"])
-        return losses
+        return accum_features(micro, backward, features,
+                              lambda f, scale: loss_fn(f[0], f[1], scale))
 
     def clamp(_step):
         with torch.no_grad():  # clamp the temperature as CLIP does (logit scale ≤ 100)

@@ -1,0 +1,145 @@
+"""`mmablate launch`: 2 CPU processes (torchrun, gloo) train RankCLIP as 1 process does; a
+SIGKILLed rank fails the job naming its log, and the rerun resumes to the uninterrupted weights;
+`gpu.claim(count=N)`."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from mmablate import gpu
+from mmablate.errors import MMAblateError
+
+from .conftest import REPO
+
+STEPS, BATCH = 20, 64
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    from mmablate.cli import _merge
+    from mmablate.world.datasets import write_world
+
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
+    root = tmp_path_factory.mktemp("launch")
+    write_world(dict(cfg["world"], n_train=256, n_classify_per_class=1), root / "world",
+                progress=False)
+    sc = cfg["studies"]["rankclip"]
+    st = {"model": sc["model"], "loss": sc["loss"],
+          "data": {"root": str(root / "world"), "train_csv": sc["data"]["train_csv"]},
+          "train": dict(sc["train"], steps=STEPS, batch_size=BATCH, ckpt_every=5, log_every=1)}
+    (root / "stage.json").write_text(json.dumps(st))
+    return st, root
+
+
+def _launch(root, out, nproc=2, env=None):
+    cmd = [sys.executable, "-m", "mmablate", "launch", "--nproc", str(nproc), "--log-dir",
+           str(out / "logs"), "--", "rankclip-train", "--config", str(root / "stage.json"),
+           "--seed", "0", "--out", str(out / "model.pt"), "--threads", "1"]
+    e = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))  # the ranks run this checkout
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=e)
+
+
+def _log(path):
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+@pytest.fixture(scope="module")
+def one_process(stage):
+    from mmablate.studies.rankclip.train import train
+
+    st, root = stage
+    out = root / "one"
+    train(copy.deepcopy(st), 0, st["data"]["root"], out / "model.pt", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(stage):
+    _, root = stage
+    out = root / "two"
+    r = _launch(root, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_losses_of_one(one_process, two_processes):
+    a, b = _log(one_process / "train_log.csv"), _log(two_processes / "train_log.csv")
+    assert a["step"].tolist() == b["step"].tolist() == list(range(STEPS))
+    assert a["lr"].tolist() == b["lr"].tolist()
+    for k in ("loss", "clip", "cross", "inmodal"):
+        rel = ((a[k] - b[k]).abs() / a[k].abs()).max()
+        assert rel <= 1e-4, (k, rel)
+    # the first step sees the same weights and the same global batch: equal up to rounding
+    assert abs(a["loss"][0] - b["loss"][0]) <= 1e-6 * abs(a["loss"][0])
+    s = json.loads((two_processes / "train_summary.json").read_text())
+    assert s["world_size"] == 2 and s["steps"] == STEPS
+
+
+@pytest.mark.slow
+def test_killed_rank_fails_naming_its_log_and_the_rerun_resumes(stage, two_processes):
+    _, root = stage
+    out = root / "killed"
+    r = _launch(root, out, env={"MMABLATE_TEST_SIGKILL": "1:7"})  # rank 1 dies after step 7
+    assert r.returncode == 1
+    line = next(l for l in r.stderr.splitlines() if l.startswith("launch: rank 1 "))
+    assert "killed by signal SIGKILL" in line
+    log = line.split("its log: ")[1]
+    assert log.endswith("/attempt_0/1/stderr.log") and os.path.isfile(log)
+    assert "failed at rank 1" in r.stderr
+    assert not (out / "model.pt").exists()
+    r = _launch(root, out)  # the rerun: resumes from the step-5 checkpoint
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from"] == 5
+    a, b = torch.load(two_processes / "model.pt"), torch.load(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "train_log.csv").read_text() == (two_processes / "train_log.csv").read_text()
+
+
+@pytest.mark.slow
+def test_one_process_launch_runs_in_process(stage, one_process, tmp_path):
+    from mmablate.cli import main
+
+    _, root = stage
+    rc = main(["launch", "--nproc", "1", "--", "rankclip-train", "--config",
+               str(root / "stage.json"), "--seed", "0", "--out", str(tmp_path / "model.pt")])
+    assert rc == 0
+    a, b = torch.load(one_process / "model.pt"), torch.load(tmp_path / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_launch_needs_a_subcommand():
+    from mmablate.launch import main
+
+    class A:
+        nproc, log_dir, argv = 2, None, ["--"]
+
+    with pytest.raises(MMAblateError, match="no subcommand given"):
+        main(A())
+
+
+def test_claim_count_takes_n_slots(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMABLATE_GPUS", "0,1,2")
+    monkeypatch.setenv("MMABLATE_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("MMABLATE_GPU_ALLOCATE", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    try:
+        assert gpu.claim(count=2) == "0,1"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+        assert gpu.claim(count=1) == "2"  # the held slots are not handed out twice
+        with pytest.raises(ValueError, match="4 GPUs asked for, but only 3 visible"):
+            gpu.claim(count=4)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # a rank of `launch`: nothing to claim
+        assert gpu.claim() is None
+    finally:
+        for d in ("0", "1", "2"):
+            gpu.release(d)
