@@ -110,7 +110,8 @@ def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=Tr
 
     result = h.fit(step, _Items(items), steps=tc["steps"], ckpt_every=tc["ckpt_every"],
                    log_every=tc["log_every"], order=order,
-                   collate=lambda b: collate(b, pixel_values, pad), desc="sft")
+                   collate=lambda b: collate(b, pixel_values, pad), desc="sft",
+                   columns=["step", "loss", "lr"])
     if "stopped_at" in result:
         return result
     summary = {"steps": tc["steps"], "resumed_from": result["resumed_from"],

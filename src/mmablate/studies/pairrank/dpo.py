@@ -4,7 +4,6 @@ training loop. The objective (shared noise and timestep, the adapters-off refere
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -126,8 +125,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
                    desc=f"diffusion-dpo seed {seed}")
     if "stopped_at" in result:
         return result
-    with open(out_dir / "train_log.csv") as f:  # written by the harness (rank 0, before a barrier)
-        first_loss = float(next(csv.DictReader(f))["loss"])
+    first_loss = h.log_rows[0]["loss"]
     summary = {"seed": seed, "steps": tc["steps"], "resumed_from": result["resumed_from"],
                "n_pairs": len(pairs), "first_loss": first_loss, "final_loss": result["final_loss"],
                "wall_s": round(time.time() - t0, 2), "device": device,
