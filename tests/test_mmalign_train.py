@@ -193,10 +193,12 @@ def test_trl_settings_route_the_shared_training_keys():
     assert s["gradient_checkpointing"] and s["bf16"] and not s["use_cpu"]
     assert s["dataloader_num_workers"] == 2 and s["max_grad_norm"] == 0.0  # 0: no clipping
     assert not trl_settings({**base, "bf16": False}, cuda=True, world_size=1)["bf16"]
-    with pytest.raises(ConfigError, match=r"studies\.mmalign\.train\.effective_batch 24"):
+    with pytest.raises(ConfigError, match=r"studies\.mmalign\.train\.effective_batch: 24 is not"):
         trl_settings({**base, "effective_batch": 24}, "studies.mmalign.train", cuda=False)
-    with pytest.raises(ConfigError, match=r"x\.batch_size 16 .* 3 processes"):
+    with pytest.raises(ConfigError, match=r"x\.batch_size: 16 does not split over 3 processes"):
         trl_settings(base, "x", cuda=False, world_size=3)
+    with pytest.raises(ConfigError, match=r"x\.max_grad_norm: must be a number > 0 or null"):
+        trl_settings({**base, "max_grad_norm": 0}, "x", cuda=False)
 
 
 def test_mixture_draws_of_micro_batches_are_the_full_batch_draws(setup):
@@ -247,3 +249,15 @@ def test_sft_stopped_and_resumed_equals_uninterrupted(setup, tmp_path):
     a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a/model").state_dict()
     b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b/model").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_last_checkpoint_skips_one_cut_short(tmp_path):
+    from mmablate.studies.mmalign.dpo import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for n, complete in ((5, True), (20, True), (30, False)):  # 30: killed mid-save
+        (tmp_path / f"checkpoint-{n}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path).name == "checkpoint-20"  # by number, not by name

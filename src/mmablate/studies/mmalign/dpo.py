@@ -27,22 +27,17 @@ def trl_settings(tc: dict, where: str = "train", cuda: bool | None = None,
                  world_size: int | None = None) -> dict:
     """trl `TrainingArguments` fields from a training block's shared keys (module docstring).
     Errors name ``where`` (the dotted config key of the block)."""
-    from ...errors import ConfigError
+    from ...training.harness import check
 
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    bs = tc["batch_size"]
-    eff = tc.get("effective_batch") or bs
-    if bs % world:
-        raise ConfigError(f"{where}.batch_size {bs} is the global micro-batch: it must divide "
-                          f"over the {world} processes")
-    if eff % bs:
-        raise ConfigError(f"{where}.effective_batch {eff} must be a multiple of "
-                          f"{where}.batch_size {bs}")
-    out = {"per_device_train_batch_size": bs // world, "gradient_accumulation_steps": eff // bs,
+    # the harness's own check of the shared keys (types, ranges, divisibility; errors name them)
+    st = check(tc, where, world)
+    out = {"per_device_train_batch_size": st["micro_batch"],
+           "gradient_accumulation_steps": st["accum"],
            "gradient_checkpointing": bool(tc.get("grad_checkpointing", False)),
            "use_cpu": not cuda, "bf16": bool(cuda and tc.get("bf16", True)),
            "dataloader_num_workers": int(tc.get("num_workers", 0))}
