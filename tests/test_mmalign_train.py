@@ -209,7 +209,7 @@ def test_mixture_draws_of_micro_batches_are_the_full_batch_draws(setup):
     assert [tr._next_micro(7) for _ in range(4)] + [tr._next_micro(8)] == [0, 1, 2, 0, 0]
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_dpo_gradient_accumulation_equals_one_batch(setup, tmp_path, k):
     """One optimizer step of plain SGD (lr 1, no clipping): the update is minus the gradient.
     k micro-batches of B/k (trl's gradient accumulation) must give the update of one batch of B."""

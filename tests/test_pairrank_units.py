@@ -379,7 +379,7 @@ def test_unet_pretraining_stopped_and_resumed_equals_uninterrupted(tmp_path, smo
     assert resumed["resumed_from"] == 3 and resumed["final_loss"] == whole["final_loss"]
 
 
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_dpo_gradient_accumulation_equals_one_batch(tmp_path, sd_dir, world, monkeypatch, k):
     """k micro-batches of B/k give the gradient of one batch of B at every optimizer step: each
     pair keeps its noise and timestep (drawn for the whole effective batch), the harness averages
