@@ -344,6 +344,13 @@ def _enable_grad_checkpointing(m) -> bool:
     return any(found)
 
 
+def _destroy_process_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _kill_at():
     """``MMABLATE_TEST_SIGKILL=RANK:STEP``: that rank SIGKILLs itself once STEP is done — the
     fault-tolerance test's kill of one rank mid-run, at a step it chooses (no race with a timer)."""
@@ -396,6 +403,10 @@ class Harness:
         if threads is not None:
             set_threads(threads)  # after accelerate, which sets its own count under MULTI_CPU
         acc = self.accelerator
+        if acc.num_processes > 1:
+            import atexit
+
+            atexit.register(_destroy_process_group)
         self.world_size, self.rank = acc.num_processes, acc.process_index
         if self.world_size != world:
             self.settings = check(self.cfg, where, self.world_size)
@@ -531,14 +542,13 @@ class Harness:
         bar = tqdm(range(start, steps), desc=desc or f"train seed {self.seed}",
                    disable=not (self.progress and self.is_main), mininterval=5, file=sys.stderr,
                    initial=start, total=steps)
-        main_model = self._wrapped[0] if len(self._wrapped) == 1 else None
         kill_at = _kill_at()
         for s in bar:
             micro = [_to_device(next(it), self.device) for _ in range(self.accum)]
             if group:
                 losses = self._group_step(step, micro)
             else:
-                losses = self._accum_step(step, micro, main_model)
+                losses = self._accum_step(step, micro)
             if after_step is not None:
                 after_step(s)
             if hasattr(order, "mark_done"):
@@ -558,6 +568,7 @@ class Harness:
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
             if ckpt.step_done(s + 1, log_rows):
                 bar.close()
+                self.log_rows = log_rows
                 return {"stopped_at": s + 1}
             if kill_at == (self.rank, s + 1):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -576,7 +587,7 @@ class Harness:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _accum_step(self, step, micro, model):
+    def _accum_step(self, step, micro):
         """accelerate's accumulation: loss / accum per micro-batch, DDP sync on the last."""
         acc = self.accelerator
         total = {}
