@@ -72,3 +72,25 @@ def test_truncated_latest_falls_back_to_the_previous(tmp_path, capsys):
 def test_every_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="ckpt_every"):
         checkpoint.Resumable(tmp_path, {}, every=0, total=3)
+
+
+def test_checkpoints_hold_only_tensors_and_plain_data(tmp_path):
+    _train(tmp_path, every=3)
+    for p in checkpoint.list_checkpoints(tmp_path):
+        state = torch.load(p, weights_only=True)  # what resume uses
+        assert state["step"] in (6, 7) and isinstance(state["log"], list)
+        assert state["rng"].dtype == torch.uint8
+
+
+class _Payload:
+    """Stands for anything pickled that is not a tensor or a plain container."""
+
+
+def test_a_pickled_object_is_refused_naming_the_file(tmp_path):
+    from mmablate.errors import CheckpointError
+
+    _train(tmp_path, stop_after=2)
+    bad = tmp_path / "step_0000004.pt"
+    torch.save({"step": 4, "model": {}, "extra": _Payload()}, bad)
+    with pytest.raises(CheckpointError, match=rf"{bad}: refused: .*pickled objects"):
+        _train(tmp_path)

@@ -143,3 +143,41 @@ def test_claim_count_takes_n_slots(tmp_path, monkeypatch):
     finally:
         for d in ("0", "1", "2"):
             gpu.release(d)
+
+
+@pytest.mark.slow
+def test_two_processes_with_accumulation_log_the_losses_of_one(stage, one_process):
+    """2 ranks × 2 micro-batches of 16 (global micro-batch 32, effective 64) = 1 process at 64."""
+    st, root = stage
+    st = dict(st, train=dict(st["train"], batch_size=32, effective_batch=64))
+    (root / "stage_accum.json").write_text(json.dumps(st))
+    out = root / "accum"
+    cmd = [sys.executable, "-m", "mmablate", "launch", "--nproc", "2", "--", "rankclip-train",
+           "--config", str(root / "stage_accum.json"), "--seed", "0", "--out",
+           str(out / "model.pt")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _log(one_process / "train_log.csv"), _log(out / "train_log.csv")
+    for k in ("loss", "clip", "cross", "inmodal"):
+        rel = ((a[k] - b[k]).abs() / a[k].abs()).max()
+        assert rel <= 1e-4, (k, rel)
+    assert json.loads((out / "train_summary.json").read_text())["accum"] == 2
+
+
+def test_standard_step_two_ranks_with_accumulation_equal_one_process(tmp_path):
+    """The harness's per-micro-batch path (accelerate accumulate + DDP) on a toy regression:
+    2 ranks × 2 micro-batches of 4 train as one process on batches of 16."""
+    from .harness_toy import run
+
+    run(tmp_path / "one", 16, 16)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           str(REPO / "tests/harness_toy.py"), str(tmp_path / "two"), "8", "16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one/model.pt"), torch.load(tmp_path / "two/model.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    la, lb = _log(tmp_path / "one/train_log.csv"), _log(tmp_path / "two/train_log.csv")
+    assert la["loss"].tolist() == pytest.approx(lb["loss"].tolist(), rel=1e-5)

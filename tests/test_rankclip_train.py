@@ -72,3 +72,34 @@ def test_truncated_model_file_is_a_clear_error(setup, tmp_path):
     model, _, _ = clipm.build(stage["model"])
     with pytest.raises(CheckpointError, match=r"model.pt: cannot read model weights"):
         clipm.load_weights(model, p)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(setup, tmp_path, k):
+    """k micro-batches of 32/k (open_clip_train's accum_freq) = one batch of 32, CLIP + ranking."""
+    from mmablate.data.imagetext import ImageTextCsv
+    from mmablate.models import clip as clipm
+    from mmablate.studies.rankclip.losses import RankCLIPLoss
+    from mmablate.studies.rankclip.train import make_step
+    from mmablate.training.harness import Harness
+
+    stage, world = setup
+    assert stage["loss"]["rank_weight"] > 0
+    grads = []
+    for bs in (32, 32 // k):
+        h = Harness({"batch_size": bs, "effective_batch": 32}, seed=0, out_dir=tmp_path,
+                    progress=False)
+        torch.manual_seed(0)
+        model, preprocess, tok = clipm.build(stage["model"])
+        data = ImageTextCsv(world / stage["data"]["train_csv"], preprocess, limit=32)
+        images, texts = data.images, tok(data.captions)
+        h.setup(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.0))
+        step = make_step(h, RankCLIPLoss(stage["loss"]["rank_weight"], stage["loss"]["decay"]))
+        micro = [(images[i:i + bs], texts[i:i + bs]) for i in range(0, 32, bs)]
+        losses = step(micro, lambda loss: loss.backward())
+        grads.append(({n: p.grad.clone() for n, p in model.named_parameters()},
+                      float(losses["loss"].detach())))
+    (whole, l1), (accum, l2) = grads
+    assert l1 == pytest.approx(l2, rel=1e-6)
+    for n, g in whole.items():
+        torch.testing.assert_close(accum[n], g, rtol=1e-4, atol=1e-7, msg=n)

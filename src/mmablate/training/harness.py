@@ -30,27 +30,46 @@ Usage (a study's trainer)::
     ``extra_state``: more checkpointed parts, name → object with ``state_dict()`` /
     ``load_state_dict()`` or a ``(get, set)`` pair (peft adapter-only state).
 ``fit(step, data, *, steps, ckpt_every, log_every=10, order=None, collate=None,
-      after_step=None, group=False, summary=None, desc=None)``
+      after_step=None, group=False, summary=None, desc=None, columns=None, log_last=True,
+      log_file="train_log.csv", summary_file="train_summary.json")``
     ``data``: a map-style dataset (``__len__`` / ``__getitem__``; ``__getitems__`` is used when
-    present). ``order(step) -> LongTensor`` gives the ``effective_batch`` dataset indices of one
-    optimizer step (default `epoch_order`: a permutation per epoch seeded by ``seed`` and the
-    epoch); micro-batch ``j`` of the step is its ``j``-th slice of ``batch_size`` indices, and rank
-    ``r`` takes the ``r``-th contiguous ``batch_size / world_size`` of that slice — so the ranks'
+    present; `Tensors` wraps aligned tensors). ``order(step) -> LongTensor`` gives the
+    ``effective_batch`` dataset indices of one optimizer step (default `epoch_order`: a
+    permutation per epoch seeded by ``seed`` and the epoch; `SampledOrder` /
+    ``h.sampled_order(n, generator)``: draws with replacement from one generator, checkpointed);
+    micro-batch ``j`` of the step is its ``j``-th slice of ``batch_size`` indices, and rank ``r``
+    takes the ``r``-th contiguous ``batch_size / world_size`` of that slice — so the ranks'
     micro-batches concatenated in rank order are the one-process micro-batch, and a resumed run
-    continues the data order exactly (the order is a function of the step, not of a stream).
+    continues the data order exactly.
     ``step(batch) -> dict`` of scalar losses with a ``"loss"`` key; the harness runs
-    backward, accumulation (``accelerate``'s ``accumulate`` / ``backward``), clipping,
-    ``optimizer.step``, ``scheduler.step`` and ``zero_grad``. With ``group=True`` the step
-    receives ``(micro_batches, backward)`` — the list of this optimizer step's micro-batches and a
-    callable to run each backward pass (the harness suppresses the DDP gradient sync on all but the
-    last call) — for objectives over the whole effective batch (CLIP's cached-feature
-    accumulation as open_clip_train's ``accum_freq``); it returns one dict of losses and the
-    harness does not rescale them. ``after_step(step)`` runs after each optimizer step (e.g. the
-    logit-scale clamp). ``summary``: extra keys for ``train_summary.json``.
+    backward, accumulation (``accelerate``'s ``accumulate`` / ``backward``: loss / k per
+    micro-batch, DDP sync on the last), clipping, ``optimizer.step``, ``scheduler.step`` and
+    ``zero_grad``. With ``group=True`` the step receives ``(micro_batches, backward)`` — the list
+    of this optimizer step's micro-batches and a callable to run each backward pass
+    (``with backward.no_sync():`` around a micro-batch's forward and backward defers DDP's
+    gradient all-reduce to a later one) — for objectives over the whole
+    effective batch (`accum_features`: CLIP's cached-feature accumulation as open_clip_train's
+    ``accum_freq``); it returns one dict of losses and the harness does not rescale them.
+    ``after_step(step)`` runs after each optimizer step (e.g. the logit-scale clamp).
+    ``ckpt_every=None``: no checkpoints. Logged: step, lr and the losses, averaged over the
+    micro-batches and the ranks, every ``log_every`` steps and at the last (``log_last``);
+    ``columns`` fixes the CSV's columns; ``summary``: extra keys for the summary JSON;
+    ``log_file`` / ``summary_file`` (relative to ``out_dir``, None = not written). After fit,
+    ``h.log_rows`` holds the log.
+Module functions: ``check(block, where, world_size)`` (the config check, no torch),
+``accum_features(micro, backward, features, loss)``, ``epoch_order``, `SampledOrder`,
+`Tensors`, `as_is` (collate for ``__getitems__`` datasets), `StepSampler`.
 Other members: ``world_size``, ``rank``, ``is_main``, ``device``, ``accum`` (micro-batches per
 optimizer step), ``micro_batch`` (per-rank micro-batch), ``accelerator``, ``gather(t)`` (all
 ranks' tensors concatenated, with gradients, for losses over the whole batch), ``barrier()``,
-``print(...)`` (rank 0, stderr), ``save_final(obj, path)``.
+``print(...)`` (rank 0, stderr), ``save_final(obj, path)`` (rank 0 writes, atomic), ``settings``
+({accum, micro_batch, effective_batch}), ``t0`` (start time).
+
+Where this departs from plain accelerate use: accelerate's prepared DataLoader and scheduler are
+not used — the sampler is the harness's (step-indexed, so resume needs no data-loader state),
+and the scheduler steps once per optimizer step (accelerate's wrapper steps it once per process).
+The test hook ``MMABLATE_TEST_SIGKILL=RANK:STEP`` makes that rank SIGKILL itself after STEP
+(the kill-and-resume test).
 
 Config keys read from the training block (all optional; ``check`` validates without torch):
 ``batch_size`` (the GLOBAL micro-batch, summed over ranks), ``effective_batch`` (samples per
@@ -176,8 +195,14 @@ def accum_features(micro, backward, features, loss):
     with ``"loss"``. One micro-batch: features, loss, backward. k micro-batches: the features of
     all are computed without gradients, then each micro-batch is recomputed with gradients, put
     in its place among the cached ones, and the loss of the whole effective batch back-propagated
-    (no division by k: the k backward passes together give the full-batch gradient).
+    (no division by k: the k backward passes together give the full-batch gradient; DDP syncs
+    the gradients once, in the last). ``extra``
+    (parameters the loss uses directly, e.g. the logit scale) is detached in all but the last
+    recomputation, so its gradient is counted once — open_clip_train back-propagates it in every
+    micro-batch and so gives the logit scale k times its full-batch gradient; this is exact.
     """
+    import contextlib
+
     import torch
 
     if len(micro) == 1:
@@ -187,13 +212,50 @@ def accum_features(micro, backward, features, loss):
         return losses
     with torch.no_grad():
         cache = [features(b)[0] for b in micro]
+    last = len(micro) - 1
     for j, b in enumerate(micro):
-        feats, extra = features(b)
-        full = tuple(torch.cat([c[i] for c in cache[:j]] + [f] + [c[i] for c in cache[j + 1:]])
-                     for i, f in enumerate(feats))
-        losses = loss(full, extra)
-        backward(losses["loss"])
+        no_sync = getattr(backward, "no_sync", None)
+        with no_sync() if (no_sync and j < last) else contextlib.nullcontext():
+            feats, extra = features(b)
+            full = tuple(torch.cat([c[i] for c in cache[:j]] + [f] + [c[i] for c in cache[j + 1:]])
+                         for i, f in enumerate(feats))
+            # the loss depends on `extra` (the logit scale) once, not once per micro-batch
+            losses = loss(full, extra if j == last else _detach(extra))
+            backward(losses["loss"])
     return losses
+
+
+def _detach(x):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
+
+
+class _Backward:
+    """The ``backward`` a group step receives: ``backward(loss)``; ``with backward.no_sync():``
+    around a micro-batch's forward and backward defers DDP's gradient all-reduce (DDP decides at
+    the forward whether the next backward syncs, so the forward must be inside too)."""
+
+    def __init__(self, harness):
+        self.h = harness
+
+    def __call__(self, loss):
+        loss.backward()
+
+    def no_sync(self):
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        if self.h.world_size > 1:
+            for m in self.h._wrapped:
+                stack.enter_context(self.h.accelerator.no_sync(m))
+        return stack
 
 
 class _NoCheckpoint:
@@ -261,6 +323,34 @@ def as_is(batch):
     return batch
 
 
+def _enable_grad_checkpointing(m) -> bool:
+    """The model's own switch (transformers ``gradient_checkpointing_enable``, diffusers
+    ``enable_gradient_checkpointing``, open_clip ``set_grad_checkpointing``) on `m`, else on its top-most submodules that have one
+    (a study's wrapper around a CLIP). Non-reentrant where the switch takes the option (DDP
+    works with it)."""
+    if hasattr(m, "gradient_checkpointing_enable"):
+        try:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        except TypeError:
+            m.gradient_checkpointing_enable()
+        return True
+    if hasattr(m, "enable_gradient_checkpointing"):  # diffusers' ModelMixin
+        m.enable_gradient_checkpointing()
+        return True
+    if hasattr(m, "set_grad_checkpointing"):
+        m.set_grad_checkpointing(True)
+        return True
+    found = [_enable_grad_checkpointing(c) for c in m.children()]
+    return any(found)
+
+
+def _destroy_process_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _kill_at():
     """``MMABLATE_TEST_SIGKILL=RANK:STEP``: that rank SIGKILLs itself once STEP is done — the
     fault-tolerance test's kill of one rank mid-run, at a step it chooses (no race with a timer)."""
@@ -313,6 +403,10 @@ class Harness:
         if threads is not None:
             set_threads(threads)  # after accelerate, which sets its own count under MULTI_CPU
         acc = self.accelerator
+        if acc.num_processes > 1:
+            import atexit
+
+            atexit.register(_destroy_process_group)
         self.world_size, self.rank = acc.num_processes, acc.process_index
         if self.world_size != world:
             self.settings = check(self.cfg, where, self.world_size)
@@ -330,11 +424,7 @@ class Harness:
         named = models if isinstance(models, dict) else {"model": models}
         if self.cfg.get("grad_checkpointing", False):
             for name, m in named.items():
-                if hasattr(m, "gradient_checkpointing_enable"):
-                    m.gradient_checkpointing_enable()
-                elif hasattr(m, "set_grad_checkpointing"):
-                    m.set_grad_checkpointing(True)
-                else:
+                if not _enable_grad_checkpointing(m):
                     raise ConfigError(f"{self.where}.grad_checkpointing: {name} "
                                       f"({type(m).__name__}) has no gradient checkpointing switch")
         for m in named.values():
@@ -452,14 +542,13 @@ class Harness:
         bar = tqdm(range(start, steps), desc=desc or f"train seed {self.seed}",
                    disable=not (self.progress and self.is_main), mininterval=5, file=sys.stderr,
                    initial=start, total=steps)
-        main_model = self._wrapped[0] if len(self._wrapped) == 1 else None
         kill_at = _kill_at()
         for s in bar:
             micro = [_to_device(next(it), self.device) for _ in range(self.accum)]
             if group:
                 losses = self._group_step(step, micro)
             else:
-                losses = self._accum_step(step, micro, main_model)
+                losses = self._accum_step(step, micro)
             if after_step is not None:
                 after_step(s)
             if hasattr(order, "mark_done"):
@@ -479,6 +568,7 @@ class Harness:
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
             if ckpt.step_done(s + 1, log_rows):
                 bar.close()
+                self.log_rows = log_rows
                 return {"stopped_at": s + 1}
             if kill_at == (self.rank, s + 1):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -497,7 +587,7 @@ class Harness:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _accum_step(self, step, micro, model):
+    def _accum_step(self, step, micro):
         """accelerate's accumulation: loss / accum per micro-batch, DDP sync on the last."""
         acc = self.accelerator
         total = {}
@@ -515,27 +605,14 @@ class Harness:
         return {k: v / len(micro) for k, v in total.items()} if len(micro) > 1 else total
 
     def _group_step(self, step, micro):
-        """The study runs the step's backward passes itself (objective over the whole effective
-        batch); DDP's gradient sync happens on the last one only, no loss rescaling."""
-        import contextlib
-
+        """The study runs the step's forward and backward passes itself (an objective over the
+        whole effective batch); no loss rescaling. ``backward.no_sync()`` suppresses DDP's
+        gradient sync for the forward + backward passes inside it (all but the last)."""
         acc = self.accelerator
         if acc.scaler is not None:
             raise RuntimeError("group steps do not support fp16 loss scaling")
-        calls = {"n": 0}
-        n_back = len(micro)
-
-        def backward(loss):
-            calls["n"] += 1
-            last = calls["n"] >= n_back
-            with contextlib.ExitStack() as stack:
-                if not last and self.world_size > 1:
-                    for m in self._wrapped:
-                        stack.enter_context(acc.no_sync(m))
-                loss.backward()
-
         with acc.autocast():
-            losses = step(micro, backward)
+            losses = step(micro, _Backward(self))
         acc.gradient_state._set_sync_gradients(True)
         self._optimizer_step()
         return losses

@@ -38,6 +38,24 @@ class _ImageText:
         return self.data.image(i), self.tokens[i]
 
 
+def make_step(h, loss_fn):
+    """The harness step (``group=True``) of RankCLIP: features of all ranks gathered with
+    gradients, cached-feature accumulation over the step's micro-batches (`accum_features`)."""
+
+    def features(batch):
+        images, tokens = batch
+        o = h.model(images, tokens)
+        # the losses in fp32 (autocast covers the towers), over the whole batch of all ranks
+        return ((h.gather(o["image_features"].float()), h.gather(o["text_features"].float())),
+                o["logit_scale"].float())
+
+    def step(micro, backward):
+        return accum_features(micro, backward, features,
+                              lambda f, scale: loss_fn(f[0], f[1], scale))
+
+    return step
+
+
 def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: int | None = None,
           progress: bool = True) -> dict:
     import torch
@@ -70,16 +88,7 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
             lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"]))
     dataset = Tensors(data.images, texts) if data.images is not None else _ImageText(data, texts)
 
-    def features(batch):
-        images, tokens = batch
-        o = h.model(images, tokens)
-        # the losses in fp32 (autocast covers the towers), over the whole batch of all ranks
-        return ((h.gather(o["image_features"].float()), h.gather(o["text_features"].float())),
-                o["logit_scale"].float())
-
-    def step(micro, backward):
-        return accum_features(micro, backward, features,
-                              lambda f, scale: loss_fn(f[0], f[1], scale))
+    step = make_step(h, loss_fn)
 
     def clamp(_step):
         with torch.no_grad():  # clamp the temperature as CLIP does (logit scale ≤ 100)
