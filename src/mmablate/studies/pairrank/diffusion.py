@@ -260,17 +260,6 @@ class StepDraws:
         return (self.state, self.set_state)
 
 
-def harness_block(tc: dict, **defaults) -> tuple[dict, bool]:
-    """(the training block to give the harness, whether to switch gradient checkpointing on
-    ourselves). ``defaults`` fill keys the block lacks (a trainer's behaviour before the harness,
-    e.g. its gradient clipping). diffusers' models switch checkpointing with
-    ``enable_gradient_checkpointing()``, which the harness does not look for, so the key is
-    taken out of the harness's block and the trainer calls it."""
-    block = {**defaults, **tc}
-    return {k: v for k, v in block.items() if k != "grad_checkpointing"}, \
-        bool(block.get("grad_checkpointing", False))
-
-
 # ---- pretraining the world model -----------------------------------------------------------
 def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None,
              progress: bool = True) -> dict:
@@ -295,8 +284,7 @@ def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None
     out_dir = Path(out_dir)
     seed = cfg["seed"]
     tc = cfg["train"]
-    block, grad_ckpt = harness_block(tc)
-    h = Harness(block, seed=seed, out_dir=out_dir, where="studies.pairrank.model.train",
+    h = Harness(tc, seed=seed, out_dir=out_dir, where="studies.pairrank.model.train",
                 threads=threads, stop_after=stop_after, progress=progress)
     torch.manual_seed(seed)
     device = h.device.type
@@ -309,8 +297,6 @@ def pretrain(cfg: dict, out_dir, threads: int = 1, stop_after: int | None = None
                           f"{images.shape[1]} px images of {cfg['data']}")
     captions = df["caption"].astype(str).tolist()
     unet = UNet2DConditionModel(**cfg["unet"])
-    if grad_ckpt:
-        unet.enable_gradient_checkpointing()
     sched_cfg = DDPMScheduler(**cfg["scheduler"]).config
     t2i = T2I(unet, sched_cfg, _world_text_encoder(cfg["text_encoder"], h.device), None,
               cfg["unet"]["sample_size"], h.device)

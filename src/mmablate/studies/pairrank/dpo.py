@@ -66,7 +66,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     from ...errors import DataError
     from ...training.harness import Harness, Tensors
     from ...training.schedule import make_scheduler
-    from .diffusion import StepDraws, harness_block, load_t2i
+    from .diffusion import StepDraws, load_t2i
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -75,12 +75,9 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     if not sel["indices"]:
         raise DataError(f"{cfg['selection']}: the selection keeps zero pairs; nothing to train on")
     pairs = load_pairs(sel["pairs"]).subset(sel["indices"])
-    defaults = {"max_grad_norm": 1.0}
+    block = {"max_grad_norm": 1.0, **tc}  # clipping at 1.0 unless the block says otherwise
     if not tc.get("effective_batch"):  # a selection smaller than a batch trains on all of it
-        defaults["batch_size"] = min(tc["batch_size"], len(pairs))
-    block, grad_ckpt = harness_block({k: v for k, v in tc.items()
-                                      if not (k == "batch_size" and "batch_size" in defaults)},
-                                     **defaults)
+        block["batch_size"] = min(tc["batch_size"], len(pairs))
     h = Harness(block, seed=seed, out_dir=out_dir, where="studies.pairrank.dpo",
                 threads=threads, stop_after=stop_after, progress=progress)
     torch.manual_seed(seed)
@@ -90,8 +87,6 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     xw = t2i.to_latent(pairs.images("winner", size)).cpu()  # the DataLoader's tensors: on the CPU
     xl = t2i.to_latent(pairs.images("loser", size)).cpu()
     params = add_lora(t2i.unet, tc["lora_rank"], tc.get("lora_alpha"))
-    if grad_ckpt:
-        t2i.unet.enable_gradient_checkpointing()
     g = torch.Generator().manual_seed(seed * 7919)
     n_t = t2i.noise_scheduler().config.num_train_timesteps
     eff = h.settings["effective_batch"]
