@@ -1,6 +1,7 @@
 """The ported diffusion trainers under `mmablate launch --nproc 2` (torchrun, gloo on the CPU):
-2 processes train Diffusion-DPO as 1 process does on the same global batch (each rank takes its
-slice of every step's pairs and of their noise and timesteps; DDP averages the gradients)."""
+2 processes train Diffusion-DPO and the world UNet's pretraining as 1 process does on the same
+global batch (each rank takes its slice of every step's samples and of their noise and
+timesteps; DDP averages the gradients)."""
 import json
 import os
 import subprocess
@@ -59,3 +60,40 @@ def test_two_process_diffusion_dpo_logs_the_losses_of_one(tmp_path, sd_dir, worl
     for key in wa:
         err = float((wa[key] - wb[key]).norm() / wa[key].norm().clamp_min(1e-12))
         assert err < 1e-3, (key, err)
+
+
+@pytest.mark.slow
+def test_two_process_unet_pretraining_logs_the_losses_of_one(tmp_path, smoke_config, world):  # noqa: F811
+    """Each rank takes its slice of the step's indices, CFG dropout, noise and timesteps (drawn
+    for the whole batch on every rank from the same seeds): 2 ranks train as 1 process."""
+    import copy
+
+    from mmablate.models import clip as clipm
+    from mmablate.pipeline import Pipeline
+    from mmablate.studies.pairrank.diffusion import pretrain
+
+    from .conftest import only_study
+
+    P = Pipeline(only_study(copy.deepcopy(smoke_config), "pairrank"), ["smoke.yaml"],
+                 results=str(tmp_path / "r"), write=False)
+    cfg = copy.deepcopy(next(iter(P.stages["pairrank_base"].values())))
+    d, _ = world
+    model, _, _ = clipm.build(cfg["text_encoder"]["model"])
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    cfg["text_encoder"]["weights"] = str(tmp_path / "clip.pt")
+    cfg["data"] = str(d / "pretrain.parquet")
+    cfg["train"].update(steps=4, ckpt_every=2, batch_size=4, log_every=1)
+    (tmp_path / "stage.json").write_text(json.dumps(cfg))
+    pretrain(cfg, tmp_path / "one", progress=False)
+    cmd = [sys.executable, "-m", "mmablate", "launch", "--nproc", "2", "--log-dir",
+           str(tmp_path / "logs"), "--", "pairrank-pretrain", "--config", str(tmp_path / "stage.json"),
+           "--out", str(tmp_path / "two/t2i.json"), "--threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _read(tmp_path / "one/train_log.csv"), _read(tmp_path / "two/train_log.csv")
+    assert a["step"].tolist() == b["step"].tolist() == list(range(4))
+    assert abs(a["loss"][0] - b["loss"][0]) <= 1e-6 * abs(a["loss"][0])
+    rel = ((a["loss"] - b["loss"]).abs() / a["loss"].abs()).max()
+    assert rel <= 1e-4, rel
+    assert json.loads((tmp_path / "two/summary.json").read_text())["world_size"] == 2
