@@ -123,22 +123,6 @@ def claim(timeout: float | None = None) -> str | None:
     return d
 
 
-def torch_device() -> str:
-    """The device a GPU stage runs its models on: ``cuda`` (the GPU `claim()` pinned, seen as
-    cuda:0) when one is visible, else ``cpu`` (the CPU machines the tests run on)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def module_device(model):
-    """The device of a module's first parameter (the CPU for one without parameters)."""
-    import torch
-
-    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return p.device if p is not None else torch.device("cpu")
-
-
 def status(directory: Path | None = None) -> list[tuple[str, str]]:
     """(device, holder) for every lock file; holder '' when free."""
     directory = Path(directory) if directory else lock_dir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 def class_embeddings(model, tokenizer, classnames, templates, batch: int = 256):
     import torch
 
-    from ..gpu import module_device
+    from ..device import module_device
 
     dev = module_device(model)
     embs = []
@@ -22,7 +22,7 @@ def zeroshot_topk(model, tokenizer, images, labels, classnames, templates, ks=(1
     """Top-k accuracy (percent) of zero-shot classification, on the model's device."""
     import torch
 
-    from ..gpu import module_device
+    from ..device import module_device
 
     dev = module_device(model)
     model.eval()

@@ -329,7 +329,7 @@ def load_scorer(rcfg: dict, device: str = "cpu") -> Scorer:
 def score_pairs(cfg: dict, out) -> dict:
     """Scores both images of every pair once (ties dropped, winner first) → npz cache."""
     from ...data.pickapic import load_pairs
-    from ...gpu import torch_device
+    from ...device import torch_device
 
     t0 = time.time()
     pairs = load_pairs(cfg["pairs"])

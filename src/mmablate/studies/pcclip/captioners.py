@@ -249,7 +249,7 @@ def _load(source, cls_name: str):
         model = getattr(tf, cls_name).from_pretrained(source)
     except (OSError, ValueError) as e:
         raise DataError(f"captioner model {source!r} cannot be loaded: {e}") from None
-    from ...gpu import torch_device
+    from ...device import torch_device
 
     model.eval().to(torch_device())  # generation on the GPU cli.main claimed, or the CPU
     return tok, model

@@ -27,7 +27,7 @@ from ...errors import DataError
 def _texts(model, tok, texts, batch: int = 512):
     import torch
 
-    from ...gpu import module_device
+    from ...device import module_device
 
     dev = module_device(model)
     out = []
@@ -98,7 +98,7 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
     import torch
 
     from ...data.imagetext import ClassFolder
-    from ...gpu import torch_device
+    from ...device import torch_device
     from ...metrics.zeroshot import zeroshot_topk
     from ...training.schedule import set_threads
     from .data import read_pairs

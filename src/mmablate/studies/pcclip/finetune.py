@@ -43,7 +43,7 @@ def encode_images(model, images, batch: int = 256):
     """Unit-norm image embeddings, computed on the model's device (and left there)."""
     import torch
 
-    from ...gpu import module_device
+    from ...device import module_device
 
     dev = module_device(model)
     out = []
@@ -60,7 +60,7 @@ def embed_pairs(cfg: dict, base: str | None, out, threads: int = 1) -> dict:
 
     set_threads(threads)
     t0 = time.time()
-    from ...gpu import torch_device
+    from ...device import torch_device
 
     model, preprocess, _ = load_clip(cfg["model"], base)
     model.eval().to(torch_device())
