@@ -135,6 +135,12 @@ def parser() -> argparse.ArgumentParser:
     bench_args(s)
     s.set_defaults(fn=cmd_bench)
 
+    from .launch import add_arguments as launch_args
+
+    s = sub.add_parser("launch", help="run a subcommand as N processes (torchrun), one per GPU")
+    launch_args(s)
+    s.set_defaults(fn=cmd_launch)
+
     s = sub.add_parser("check-config", help="validate config files and list the variants")
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
@@ -147,6 +153,12 @@ def cmd_gpu_status(a):
     print(f"devices: {visible_devices() or 'none'}; locks in {lock_dir()}")
     for dev, holder in status():
         print(f"  gpu {dev}: {holder or 'free'}")
+
+
+def cmd_launch(a):
+    from .launch import main as launch_main
+
+    return launch_main(a)
 
 
 def cmd_bench(a):

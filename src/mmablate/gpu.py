@@ -106,21 +106,46 @@ def release(device: str) -> None:
         os.close(fd)  # closing the descriptor drops the flock
 
 
-def claim(timeout: float | None = None) -> str | None:
-    """Pins this process to one free GPU (sets CUDA_VISIBLE_DEVICES); returns it, or None."""
+def claim(timeout: float | None = None, count: int = 1) -> str | None:
+    """Pins this process to `count` free GPUs (sets CUDA_VISIBLE_DEVICES to their ids, comma
+    separated); returns that string, or None when nothing is to be done (see the module doc).
+
+    A multi-GPU job (`mmablate launch --nproc N`) claims its N slots once, in the launcher; its
+    ranks (torchrun sets ``TORCHELASTIC_RUN_ID``) inherit them and claim nothing. Slots are taken
+    one at a time in device order; while fewer than `count` are free the claimed ones are held
+    and the rest waited for (as one-slot claims wait). Asking for more devices than the machine
+    shows is an error at once.
+    """
     env = os.environ
     if env.get("MMABLATE_GPU_ALLOCATE", "1") == "0":
         return None
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return None  # a rank of `mmablate launch`: the launcher claimed the job's devices
     if env.get("SLURM_JOB_ID") and env.get("CUDA_VISIBLE_DEVICES") is not None \
             and not env.get("MMABLATE_GPUS"):
         return None  # the scheduler already chose
     devices = visible_devices()
     if not devices:
         return None
-    d = acquire(devices, timeout=timeout)
-    env["CUDA_VISIBLE_DEVICES"] = d
-    print(f"GPU slot: using device {d} of {devices}", file=sys.stderr)
-    return d
+    if count < 1:
+        raise ValueError(f"claim: count must be ≥ 1, got {count}")
+    if count > len(devices):
+        raise ValueError(f"claim: {count} GPUs asked for, but only {len(devices)} visible "
+                         f"({devices}); lower the rule's gpu resource")
+    got = []
+    try:
+        for _ in range(count):
+            got.append(acquire(devices, timeout=timeout))
+    except BaseException:
+        for d in got:
+            release(d)
+        raise
+    got.sort(key=devices.index)
+    ids = ",".join(got)
+    env["CUDA_VISIBLE_DEVICES"] = ids
+    print(f"GPU slot{'s' if count > 1 else ''}: using device{'s' if count > 1 else ''} {ids} "
+          f"of {devices}", file=sys.stderr)
+    return ids
 
 
 def status(directory: Path | None = None) -> list[tuple[str, str]]:

@@ -1,6 +1,18 @@
-"""Resumable checkpoints: atomic writes, the last few kept, corrupt ones skipped on resume."""
+"""Resumable checkpoints: atomic writes, the last few kept, corrupt ones skipped on resume.
+
+Checkpoints load with ``torch.load(weights_only=True)``: they hold only tensors and plain
+containers (state dicts, RNG states as uint8 tensors, the loss log as a list of dicts), so a
+checkpoint on a shared file system cannot run code when read. A file that needs the full
+unpickler (an arbitrary pickled object) is refused with a CheckpointError naming it, rather than
+skipped as a truncated one is.
+
+Across ranks (``Resumable(..., dist=harness)``): rank 0 writes, every rank waits at a barrier,
+every rank loads the same file; each rank's RNG state is gathered and saved (``rng_ranks``), so
+rank r resumes with its own draws.
+"""
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -31,16 +43,40 @@ def list_checkpoints(ckpt_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest(ckpt_dir, log=None) -> dict | None:
-    """The newest checkpoint that loads; a truncated or corrupt one is reported and skipped."""
+def load(path):
+    """One checkpoint file with ``weights_only=True``; a file holding arbitrary pickled objects
+    is a CheckpointError naming it."""
+    import pickle
+
     import torch
+
+    from ..errors import CheckpointError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            first = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: refused: the checkpoint holds pickled objects other than tensors and "
+                f"plain containers ({first}); it was not written by this project's trainer or "
+                f"was tampered with (loading it would run code). Delete it to start over."
+            ) from None
+        raise
+
+
+def load_latest(ckpt_dir, log=None, required=("step",)) -> dict | None:
+    """The newest checkpoint that loads; a truncated or corrupt one is reported and skipped."""
+    from ..errors import CheckpointError
 
     log = log or sys.stderr
     for path in reversed(list_checkpoints(ckpt_dir)):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if "step" not in state or "model" not in state:
-                raise ValueError("missing 'step' or 'model'")
+            state = load(path)
+            if not isinstance(state, dict) or any(k not in state for k in required):
+                raise ValueError(f"missing one of {list(required)}")
+        except CheckpointError:
+            raise
         except Exception as e:
             print(f"[checkpoint] {path}: unreadable ({type(e).__name__}: {e}); "
                   f"trying an older one", file=log)
@@ -68,11 +104,14 @@ class Resumable:
     """
 
     def __init__(self, ckpt_dir, parts: dict, *, every: int, total: int,
-                 stop_after: int | None = None, rng: bool = True, keep: int = 2):
+                 stop_after: int | None = None, rng: bool = True, keep: int = 2, dist=None):
         if every < 1:
             raise ValueError(f"ckpt_every must be ≥ 1, got {every}")
         self.ckpt_dir, self.parts, self.every, self.total = Path(ckpt_dir), dict(parts), every, total
         self.stop_after, self.rng, self.keep = stop_after, rng, keep
+        # dist: anything with world_size, rank, is_main, barrier() (the training harness)
+        self.dist = dist
+        self.world = dist.world_size if dist is not None else 1
 
     @staticmethod
     def _get(part):
@@ -89,7 +128,10 @@ class Resumable:
         """Load the newest readable checkpoint into the parts; (first step to run, log rows)."""
         import torch
 
-        state = load_latest(self.ckpt_dir, log)
+        if self.world > 1:
+            self.dist.barrier()  # a checkpoint rank 0 is writing is complete before anyone reads
+        state = load_latest(self.ckpt_dir, log if self._main else io.StringIO(),
+                            required=("step", *list(self.parts)[:1]))
         if state is None:
             return 0, []
         missing = [name for name in self.parts if name not in state]
@@ -99,9 +141,33 @@ class Resumable:
                              f"to start over)")
         for name, part in self.parts.items():
             self._set(part, state[name])
-        if self.rng and "rng" in state:
-            torch.set_rng_state(state["rng"])
-        return state["step"], list(state.get("log", []))
+        if self.rng:
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == self.world:
+                torch.set_rng_state(ranks[self.dist.rank if self.dist is not None else 0])
+            elif "rng" in state:
+                torch.set_rng_state(state["rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state["cuda_rng"])
+        return state["step"], [dict(r) for r in state.get("log", [])]
+
+    @property
+    def _main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    def _rng_states(self) -> dict:
+        import torch
+
+        out = {"rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            out["cuda_rng"] = torch.cuda.get_rng_state()
+        if self.world > 1:
+            import torch.distributed as td
+
+            ranks = [None] * self.world
+            td.all_gather_object(ranks, out["rng"])
+            out["rng_ranks"] = [torch.as_tensor(r) for r in ranks]
+        return out
 
     def step_done(self, done: int, log_rows: list) -> bool:
         """Save when due (every ``every`` steps, at the end, at ``stop_after``); True to stop."""
@@ -109,11 +175,13 @@ class Resumable:
 
         stop = self.stop_after is not None and done >= self.stop_after
         if done % self.every == 0 or done == self.total or stop:
-            state = {name: self._get(part) for name, part in self.parts.items()}
-            state.update(step=done, log=log_rows)
-            if self.rng:
-                state["rng"] = torch.get_rng_state()
-            save(state, self.ckpt_dir, done, self.keep)
-        if stop:
+            rng = self._rng_states() if self.rng else {}  # a collective: every rank calls it
+            if self._main:
+                state = {name: self._get(part) for name, part in self.parts.items()}
+                state.update(step=done, log=[dict(r) for r in log_rows], **rng)
+                save(state, self.ckpt_dir, done, self.keep)
+            if self.world > 1:
+                self.dist.barrier()
+        if stop and self._main:
             print(f"stopping after step {done} as asked (--stop-after)", file=sys.stderr)
         return stop
