@@ -92,7 +92,8 @@ def _load(workdir, configfiles, config, SnakemakeApi, ConfigSettings, OutputSett
         for r in w.rules:
             res = {k: (v.value if not v.is_evaluable() else v)  # callables stay unevaluated
                    for k, v in dict(r.resources).items() if not k.startswith("_")}
-            out.append(RuleInfo(r.name, res, r.shellcmd, r.priority, w.is_local(r)))
+            local = r.name in w._localrules or r.norun  # `localrules:` (run where submitted)
+            out.append(RuleInfo(r.name, res, r.shellcmd, r.priority, local))
     return out
 
 

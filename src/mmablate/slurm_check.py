@@ -251,8 +251,31 @@ def check(requests: Iterable[Request], sinfo_text: str | None = None) -> None:
             f"(docs/slurm.md); smoke and tiny scales: --profile profiles/slurm-small")
 
 
-def check_jobs(jobs, sinfo_text: str | None = None) -> int:
+SIZES = {"paper": "profiles/slurm", "small": "profiles/slurm-small"}
+
+
+def sizes_for(scale: str) -> str:
+    return "paper" if scale == "paper" else "small"
+
+
+def check_sizes(jobs_sizes: Iterable, scale: str | None) -> None:
+    """A profile sized for another scale (`mmablate_sizes` in its default-resources) is refused:
+    paper sizes for a smoke job would wait for 16-CPU nodes; small ones kill paper jobs."""
+    if scale is None:
+        return
+    want = sizes_for(scale)
+    got = sorted({s for s in jobs_sizes if s})
+    wrong = [s for s in got if s != want]
+    if wrong:
+        raise SlurmCheckError(
+            f"the config's scale is {scale!r} but the profile's jobs are sized for "
+            f"{wrong[0]!r} (default-resources: mmablate_sizes): use --profile {SIZES[want]}")
+
+
+def check_jobs(jobs, sinfo_text: str | None = None, scale: str | None = None) -> int:
     """The onstart hook: checks Snakemake jobs (their evaluated resources and threads)."""
+    jobs = list(jobs)
+    check_sizes((j.resources.get("mmablate_sizes") for j in jobs), scale)
     reqs = [request_of(j.rule.name, j.resources, j.threads) for j in jobs]
     check(reqs, sinfo_text)
     return len(reqs)

@@ -14,7 +14,7 @@ for _note in P.notes:  # plans skipped (study disabled / not in this checkout) o
 R = P.results
 ENV = "../../envs/mmablate.yaml"
 # Stages that train or run models declare `resources: gpu=GPU`: profiles/slurm sets gpus=1, so
-# each asks SLURM for one GPU (a profile's set-resources may give a rule more: its command then
+# each asks SLURM for one GPU (a profile's set-resources may give one more GPUs; its command then
 # starts that many processes, `mmablate launch --nproc {resources.gpu}`); locally
 # `--config gpus=1 --resources gpu=<n GPUs>` and the GPU stage's command claims its own device
 # (mmablate.gpu). tests/test_gpu_rules.py keeps these rules and the GPU-claiming commands equal.
@@ -43,14 +43,8 @@ def TORCH_THREADS(wildcards, threads):
     return torch_threads(threads, _slot_factor())
 
 
-# Before anything is submitted to SLURM: refuse what no node can run (mmablate.slurm_check).
-onstart:
-    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
-        from mmablate.slurm_check import check_jobs
-
-        print(f"mmablate: slurm-check: {check_jobs(workflow.dag.needrun_jobs())} jobs fit the "
-              "cluster's partitions", file=sys.stderr)
-
+# Before anything is submitted to SLURM: refuse what no node can run (the onstart hook there).
+include: "slurm_check.smk"
 
 def stage_input(stage):
     """The resolved stage config of job {h}: an input, so an edit of its content reruns it."""

@@ -34,7 +34,8 @@ rule mmalign_sft:
     conda:
         ENV
     shell:
-        "python -m mmablate mmalign-sft --config {input.cfg} --out {output} --threads {resources.torch_threads}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " mmalign-sft --config {input.cfg} --out {output} --threads {resources.torch_threads}"
         " > {log} 2>&1"
 
 
@@ -83,7 +84,8 @@ rule mmalign_dpo:
     conda:
         ENV
     shell:
-        "python -m mmablate mmalign-dpo --config {input.cfg} --seed {wildcards.seed}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " mmalign-dpo --config {input.cfg} --seed {wildcards.seed}"
         " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 

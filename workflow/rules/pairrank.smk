@@ -33,7 +33,8 @@ rule pairrank_base:
     conda:
         ENV
     shell:
-        "python -m mmablate pairrank-pretrain --config {input.cfg} --out {output}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pairrank-pretrain --config {input.cfg} --out {output}"
         " --threads {resources.torch_threads} > {log} 2>&1"
 
 
@@ -55,7 +56,8 @@ rule pairrank_reward:
     conda:
         ENV
     shell:
-        "python -m mmablate pairrank-reward --config {input.cfg} --out {output}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pairrank-reward --config {input.cfg} --out {output}"
         " --threads {resources.torch_threads} > {log} 2>&1"
 
 
@@ -117,7 +119,8 @@ rule pairrank_dpo:
     conda:
         ENV
     shell:
-        "python -m mmablate pairrank-dpo --config {input.cfg} --seed {wildcards.seed}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pairrank-dpo --config {input.cfg} --seed {wildcards.seed}"
         " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 

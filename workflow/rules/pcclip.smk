@@ -33,7 +33,8 @@ rule pcclip_captioner:
     conda:
         ENV
     shell:
-        "python -m mmablate pcclip-captioner --config {input.cfg} --out {output}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pcclip-captioner --config {input.cfg} --out {output}"
         " --threads {resources.torch_threads} > {log} 2>&1"
 
 
@@ -106,9 +107,10 @@ rule pcclip_finetune:
     conda:
         ENV
     shell:
-        "python -m mmablate pcclip-finetune --config {input.cfg} --seed {wildcards.seed}"
-        " --captions {input.captions} {params.embed} --out {output} --threads {resources.torch_threads}"
-        " > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pcclip-finetune --config {input.cfg} --seed {wildcards.seed}"
+        " --captions {input.captions} {params.embed} --out {output}"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pcclip_eval:

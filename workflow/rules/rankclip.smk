@@ -18,7 +18,8 @@ rule rankclip_train:
     conda:
         ENV
     shell:
-        "python -m mmablate rankclip-train --config {input.cfg} --seed {wildcards.seed}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " rankclip-train --config {input.cfg} --seed {wildcards.seed}"
         " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 
