@@ -59,7 +59,8 @@ def fit_profile(dst: Path, cpus: int = 1, mem_mb: int = 1000, profile: str = PRO
             res["cpus_per_task"] = min(res["cpus_per_task"], cpus)
         if "mem_mb" in res:
             res["mem_mb"] = min(res["mem_mb"], mem_mb)
-    prof["set-threads"] = {k: min(v, cpus) for k, v in prof.get("set-threads", {}).items()}
+    if prof.get("set-threads"):
+        prof["set-threads"] = {k: min(v, cpus) for k, v in prof["set-threads"].items()}
     prof["retries"] = 0
     path.write_text(yaml.safe_dump(prof))
 
