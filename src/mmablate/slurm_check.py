@@ -245,8 +245,8 @@ def check(requests: Iterable[Request], sinfo_text: str | None = None) -> None:
         nodes = "; ".join(f"{p.name}{'*' if p.default else ''} [{', '.join(_describe(n) for n in p.nodes)}]"
                           for p in partitions.values())
         raise SlurmCheckError(
-            f"{len(bad)} SLURM request(s) that no node can run (the jobs would stay PENDING; "
-            f"nothing was submitted):\n  " + "\n  ".join(bad) +
+            f"SLURM requests that no node can run ({len(bad)} problem(s); the jobs would stay "
+            f"PENDING; nothing was submitted):\n  " + "\n  ".join(bad) +
             f"\nthe cluster (sinfo): {nodes}\nFix the sizes in the profile's set-resources "
             f"(docs/slurm.md); smoke and tiny scales: --profile profiles/slurm-small")
 
