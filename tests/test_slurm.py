@@ -1,10 +1,11 @@
 """The workflow through profiles/slurm against a real single-node SLURM (tests/slurm/cluster.sh).
 
 Skips only when the cluster cannot be installed here (cluster.sh exits 77: no apt-get, not root).
-The smoke scale of every enabled study runs through the SLURM profile and locally; the metrics
-must be equal, and `sacct` must show every submitted
-job COMPLETED with the resources the profile gives it: one GPU for the rules that declare
-`gpu=GPU`, none for CPU stages.
+The smoke scale of every enabled study runs through the SLURM profile for that scale
+(profiles/slurm-small) and locally; the metrics must be equal, and `sacct` must show every
+submitted job COMPLETED with the resources the profile gives it: one GPU for the rules that
+declare `gpu=GPU`, none for CPU stages. A 2-GPU RankCLIP training job (fake GPUs) runs its two
+ranks (`mmablate launch --nproc 2`, gloo on the CPU) inside one SLURM job.
 """
 import os
 import re
@@ -22,6 +23,7 @@ from .conftest import REPO, copy_workflow
 pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests/slurm/cluster.sh"
 SLURM_RUN_LIMIT = 1500  # seconds (four studies at smoke scale); snakemake is SIGKILLed past it
+PROFILE = "profiles/slurm-small"  # the smoke/tiny sizes (profiles/slurm is the paper scale's)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +49,18 @@ def gpu_rules() -> set:
     return out
 
 
-def fit_profile(dst: Path, cpus: int = 1, mem_mb: int = 1000):
+def fit_profile(dst: Path, cpus: int = 1, mem_mb: int = 1000, profile: str = PROFILE):
     """The shipped profile with CPUs/memory capped to the one test node (partitions, GPUs and
     runtimes are kept as a user gets them)."""
-    path = dst / "profiles/slurm/config.yaml"
+    path = dst / profile / "config.yaml"
     prof = yaml.safe_load(path.read_text())
     for res in [prof["default-resources"], *prof.get("set-resources", {}).values()]:
         if "cpus_per_task" in res:
             res["cpus_per_task"] = min(res["cpus_per_task"], cpus)
         if "mem_mb" in res:
             res["mem_mb"] = min(res["mem_mb"], mem_mb)
-    prof["set-threads"] = {k: min(v, cpus) for k, v in prof.get("set-threads", {}).items()}
+    if prof.get("set-threads"):
+        prof["set-threads"] = {k: min(v, cpus) for k, v in prof["set-threads"].items()}
     prof["retries"] = 0
     path.write_text(yaml.safe_dump(prof))
 
@@ -98,7 +101,7 @@ def test_smoke_through_slurm_equals_local(cluster, smoke_config, tmp_path):
         if kind == "slurm":
             fit_profile(d)
             args = ["timeout", "-s", "KILL", str(SLURM_RUN_LIMIT), *args, "--profile",
-                    "profiles/slurm", "--slurm-init-seconds-before-status-checks", "2"]
+                    PROFILE, "--slurm-init-seconds-before-status-checks", "2"]
         else:
             args += ["--cores", "2"]
         t0 = time.time()
@@ -148,7 +151,7 @@ def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
         'rule all:\n    input: "out.txt"\n\n'
         'rule broken:\n    output: "out.txt"\n    log: "logs/broken.log"\n'
         '    shell: "echo the job failed on purpose > {log}; exit 3"\n')
-    p = subprocess.run(["timeout", "-s", "KILL", "120", "snakemake", "--profile", "profiles/slurm",
+    p = subprocess.run(["timeout", "-s", "KILL", "120", "snakemake", "--profile", PROFILE,
                         "--slurm-init-seconds-before-status-checks", "2"],
                        cwd=d, env=_env(), capture_output=True, text=True)
     out = p.stdout + p.stderr
@@ -158,3 +161,43 @@ def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
     assert m, f"no SLURM log path in the output:\n{out[-3000:]}"
     assert "logs/broken.log" in out and "the job failed on purpose" in out
     assert Path(m.group(1)).is_file()
+
+
+def test_two_gpu_training_job_runs_two_ranks(cluster, smoke_config, tmp_path):
+    """rankclip_train with `gpu: 2` (profile set-resources): one SLURM job with two (fake) GPUs
+    whose command starts two ranks (`mmablate launch --nproc 2`; gloo on this CPU)."""
+    overlay = small_overlay(smoke_config)
+    for sid in list(overlay["studies"]):
+        if sid != "rankclip":
+            overlay["studies"][sid] = {"enabled": False}
+    (tmp_path / "w").mkdir()
+    d = copy_workflow(tmp_path / "w")
+    (d / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    fit_profile(d)
+    path = d / PROFILE / "config.yaml"
+    prof = yaml.safe_load(path.read_text())
+    prof["set-resources"]["rankclip_train"]["gpu"] = 2
+    path.write_text(yaml.safe_dump(prof))
+    args = ["timeout", "-s", "KILL", "900", "snakemake", "all", "--configfile",
+            "config/scales/smoke.yaml", "overlay.yaml", "--profile", PROFILE,
+            "--slurm-init-seconds-before-status-checks", "2"]
+    with open(d / "run.log", "w") as log:
+        rc = subprocess.run(args, cwd=d, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    text = (d / "run.log").read_text()
+    assert rc == 0, f"run failed (rc {rc}):\n{text[-4000:]}"
+    sub = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([A-Za-z0-9_]+)/", text)
+    train = [j for j, r in sub if r == "rankclip_train"]
+    assert train, text[-3000:]
+    acct = _sacct(train)
+    for j in train:
+        _, part, tres, state, _ = acct[j]
+        print(j, part, tres, state)
+        assert state == "COMPLETED" and "gres/gpu=2" in tres and part == "gpu", acct[j]
+    logs = sorted((d / "logs/rankclip/train").glob("*/s0.log"))
+    assert logs
+    for lg in logs:
+        t = lg.read_text()
+        assert "launch: 2 ranks" in t and "all 2 ranks finished" in t, t[-2000:]
+        assert '"world_size": 2' in t, t[-2000:]
+        assert Path(str(lg) + ".ranks").is_dir()  # the per-rank logs beside the job's log
+    assert list((d / "results/rankclip/eval").glob("*/s0/metrics.json"))

@@ -141,6 +141,16 @@ def parser() -> argparse.ArgumentParser:
     launch_args(s)
     s.set_defaults(fn=cmd_launch)
 
+    s = sub.add_parser("slurm-check", help="check a SLURM profile's per-rule sizes against sinfo")
+    s.add_argument("--profile", default="profiles/slurm")
+    s.add_argument("--configfile", nargs="*", default=None,
+                   help="config overlays after config/config.yaml (default: the profile's scale: "
+                        "config/scales/paper.yaml for profiles/slurm)")
+    s.add_argument("--sinfo", default=None,
+                   help="a file with `sinfo -h -N -o '%%P|%%n|%%c|%%m|%%G|%%l|%%a'` output "
+                        "(default: run sinfo)")
+    s.set_defaults(fn=cmd_slurm_check)
+
     s = sub.add_parser("check-config", help="validate config files and list the variants")
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
@@ -153,6 +163,34 @@ def cmd_gpu_status(a):
     print(f"devices: {visible_devices() or 'none'}; locks in {lock_dir()}")
     for dev, holder in status():
         print(f"  gpu {dev}: {holder or 'free'}")
+
+
+def cmd_slurm_check(a):
+    from .jobs import load_rules, profile_requests, read_profile
+    from .slurm_check import check, check_sizes
+
+    prof = read_profile(a.profile)
+    sizes = (prof.get("default-resources") or {}).get("mmablate_sizes")
+    overlays = a.configfile if a.configfile is not None else \
+        (["config/scales/paper.yaml"] if sizes == "paper" else ["config/scales/smoke.yaml"])
+    files = ["config/config.yaml", *overlays]
+    cfg = {}
+    for f in files:
+        import yaml
+
+        _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    check_sizes([sizes], cfg.get("scale"))
+    # the rules and their declared resources are the same at every scale: read them with the
+    # smoke config (the paper config names data roots that exist only on the cluster)
+    reqs = profile_requests(prof, load_rules(".", ["config/config.yaml",
+                                                   "config/scales/smoke.yaml"]))
+    print(f"{'rule':<18} {'partition':<10} {'CPUs':>4} {'mem MB':>7} {'GPUs':>4} {'runtime':>7}")
+    for r in reqs:
+        gpus = f"{r.gpu_model}:{r.gpus}" if r.gpu_model else str(r.gpus)
+        print(f"{r.rule:<18} {r.partition or '(default)':<10} {r.cpus:>4} {r.mem_mb or '-':>7} "
+              f"{gpus:>4} {f'{r.runtime:g}' if r.runtime else '-':>7}")
+    check(reqs, Path(a.sinfo).read_text() if a.sinfo else None)
+    print(f"{len(reqs)} rules of {a.profile}: every request fits a node of its partition")
 
 
 def cmd_launch(a):

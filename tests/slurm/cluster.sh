@@ -7,9 +7,10 @@
 #
 # No systemd is assumed: munged, mariadbd, slurmdbd, slurmctld and slurmd are started directly.
 # Accounting (slurmdbd + MariaDB) is on because snakemake's SLURM executor reads job states with
-# `sacct`. The node advertises one *fake* GPU (gres.conf AutoDetect=off, File=/dev/null) so that
-# jobs asking for `--gpus=1` are scheduled on this GPU-less machine; nothing runs on a GPU.
-# Two partitions, `cpu` (default) and `gpu`, both on this node, match profiles/slurm.
+# `sacct`. The node advertises two *fake* GPUs (gres.conf AutoDetect=off, File=/dev/null and
+# /dev/zero) so that jobs asking for `--gpus=1` or `--gpus=2` are scheduled on this GPU-less
+# machine; nothing runs on a GPU. Two partitions, `cpu` (default) and `gpu`, both on this node,
+# match profiles/slurm and profiles/slurm-small.
 #
 # Exit status of `up`: 0 ready; 77 the cluster cannot be installed here (no apt-get, not root,
 # package install failed) — tests skip on 77 and fail on anything else.
@@ -102,15 +103,17 @@ AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu
-NodeName=$node CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
+NodeName=$node CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=$node Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$node Default=NO MaxTime=INFINITE State=UP
 EOF
   cat >"$CONF/gres.conf" <<EOF
 $MARK
-# A fake GPU so that GPU jobs schedule on a GPU-less test machine (nothing runs on it).
+# Two fake GPUs so that GPU jobs (and a 2-GPU job) schedule on a GPU-less test machine
+# (nothing runs on them: the training falls back to the CPU, gloo for 2 ranks).
 AutoDetect=off
 NodeName=$node Name=gpu File=/dev/null
+NodeName=$node Name=gpu File=/dev/zero
 EOF
   cat >"$CONF/slurmdbd.conf" <<EOF
 $MARK

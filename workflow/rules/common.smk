@@ -14,10 +14,37 @@ for _note in P.notes:  # plans skipped (study disabled / not in this checkout) o
 R = P.results
 ENV = "../../envs/mmablate.yaml"
 # Stages that train or run models declare `resources: gpu=GPU`: profiles/slurm sets gpus=1, so
-# each asks SLURM for one GPU; locally `--config gpus=1 --resources gpu=<n GPUs>` and the GPU
-# stage's command claims its own device (mmablate.gpu). See docs/slurm.md.
+# each asks SLURM for one GPU (a profile's set-resources may give one more GPUs; its command then
+# starts that many processes, `mmablate launch --nproc {resources.gpu}`); locally
+# `--config gpus=1 --resources gpu=<n GPUs>` and the GPU stage's command claims its own device
+# (mmablate.gpu). tests/test_gpu_rules.py keeps these rules and the GPU-claiming commands equal.
 GPU = int(config.get("gpus", 0))
 
+
+# Compute rules: never more concurrent model jobs than this machine has cores, whatever --cores
+# says (mmablate.jobs): each reserves config `threads` × ceil(cores / CPUs) slots and runs torch
+# with config `threads` threads ({resources.torch_threads}). Under SLURM the factor is 1.
+def _slot_factor():
+    from mmablate.jobs import slot_factor
+
+    ex = workflow.executor_plugin.name if workflow.executor_plugin is not None else "local"
+    return slot_factor(workflow.global_resources.get("_cores"), None, ex)
+
+
+def COMPUTE_THREADS(wildcards):
+    from mmablate.jobs import compute_slots
+
+    return compute_slots(P.threads, _slot_factor())
+
+
+def TORCH_THREADS(wildcards, threads):
+    from mmablate.jobs import torch_threads
+
+    return torch_threads(threads, _slot_factor())
+
+
+# Before anything is submitted to SLURM: refuse what no node can run (the onstart hook there).
+include: "slurm_check.smk"
 
 def stage_input(stage):
     """The resolved stage config of job {h}: an input, so an edit of its content reruns it."""

@@ -26,13 +26,16 @@ rule mmalign_sft:
         f"logs/mmalign/sft/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/mmalign/sft/{{h}}.tsv"
-    threads: P.threads
+    priority: 30  # the shared SFT base: every mmalign job waits for it (critical path)
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate mmalign-sft --config {input.cfg} --out {output} --threads {threads}"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " mmalign-sft --config {input.cfg} --out {output} --threads {resources.torch_threads}"
         " > {log} 2>&1"
 
 
@@ -49,13 +52,14 @@ rule mmalign_bdhs:
         f"logs/mmalign/bdhs/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/mmalign/bdhs/{{h}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate mmalign-bdhs --config {input.cfg} --out {output} --threads {threads}"
+        "python -m mmablate mmalign-bdhs --config {input.cfg} --out {output} --threads {resources.torch_threads}"
         " > {log} 2>&1"
 
 
@@ -73,14 +77,16 @@ rule mmalign_dpo:
         f"logs/mmalign/dpo/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/mmalign/dpo/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate mmalign-dpo --config {input.cfg} --seed {wildcards.seed}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " mmalign-dpo --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule mmalign_eval:
@@ -96,11 +102,12 @@ rule mmalign_eval:
         f"logs/mmalign/eval/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/mmalign/eval/{{h}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate mmalign-eval --config {input.cfg} --out {output} --threads {threads}"
+        "python -m mmablate mmalign-eval --config {input.cfg} --out {output} --threads {resources.torch_threads}"
         " > {log} 2>&1"

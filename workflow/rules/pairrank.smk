@@ -25,14 +25,17 @@ rule pairrank_base:
         f"logs/pairrank/base/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/pairrank/base/{{h}}.tsv"
-    threads: P.threads
+    priority: 30  # UNet pretraining: every DPO/eval job of the study waits for it
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate pairrank-pretrain --config {input.cfg} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pairrank-pretrain --config {input.cfg} --out {output}"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pairrank_reward:
@@ -46,14 +49,16 @@ rule pairrank_reward:
         f"logs/pairrank/reward/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/pairrank/reward/{{h}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate pairrank-reward --config {input.cfg} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pairrank-reward --config {input.cfg} --out {output}"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pairrank_score:
@@ -67,14 +72,15 @@ rule pairrank_score:
         f"logs/pairrank/score/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/pairrank/score/{{h}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
         "python -m mmablate pairrank-score --config {input.cfg} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pairrank_select:
@@ -106,14 +112,16 @@ rule pairrank_dpo:
         f"logs/pairrank/dpo/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/pairrank/dpo/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate pairrank-dpo --config {input.cfg} --seed {wildcards.seed}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pairrank-dpo --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pairrank_eval:
@@ -131,14 +139,15 @@ rule pairrank_eval:
         f"logs/pairrank/eval/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/pairrank/eval/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
         "python -m mmablate pairrank-eval --config {input.cfg} --seed {wildcards.seed}"
-        " --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
+        " --out {output.json} --grid {output.grid} --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pairrank_distfig:

@@ -25,14 +25,17 @@ rule pcclip_captioner:
         f"logs/pcclip/captioner/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/pcclip/captioner/{{h}}.tsv"
-    threads: P.threads
+    priority: 20  # the captioners: the captions, hence every finetune, wait for them
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate pcclip-captioner --config {input.cfg} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pcclip-captioner --config {input.cfg} --out {output}"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pcclip_captions:
@@ -47,14 +50,15 @@ rule pcclip_captions:
         f"logs/pcclip/captions/{{h}}.log",
     benchmark:
         f"{R}/benchmarks/pcclip/captions/{{h}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
         "python -m mmablate pcclip-captions --config {input.cfg} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pcclip_embed:
@@ -69,14 +73,15 @@ rule pcclip_embed:
         f"logs/pcclip/embed/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/pcclip/embed/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
         "python -m mmablate pcclip-embed --config {input.cfg} --seed {wildcards.seed}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pcclip_finetune:
@@ -95,15 +100,17 @@ rule pcclip_finetune:
         f"logs/pcclip/finetune/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/pcclip/finetune/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate pcclip-finetune --config {input.cfg} --seed {wildcards.seed}"
-        " --captions {input.captions} {params.embed} --out {output} --threads {threads}"
-        " > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " pcclip-finetune --config {input.cfg} --seed {wildcards.seed}"
+        " --captions {input.captions} {params.embed} --out {output}"
+        " --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule pcclip_eval:
@@ -123,11 +130,12 @@ rule pcclip_eval:
         f"logs/pcclip/eval/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/pcclip/eval/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
         "python -m mmablate pcclip-eval --config {input.cfg} --seed {wildcards.seed}"
-        " {params.model} --out {output} --threads {threads} > {log} 2>&1"
+        " {params.model} --out {output} --threads {resources.torch_threads} > {log} 2>&1"

@@ -10,14 +10,17 @@ rule rankclip_train:
         f"logs/rankclip/train/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/rankclip/train/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    priority: 10  # includes the shared world CLIP that PC-CLIP and pair ranking start from
+    threads: COMPUTE_THREADS
     resources:
         gpu=GPU,
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
-        "python -m mmablate rankclip-train --config {input.cfg} --seed {wildcards.seed}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "python -m mmablate launch --nproc {resources.gpu} --log-dir {log}.ranks --"
+        " rankclip-train --config {input.cfg} --seed {wildcards.seed}"
+        " --out {output} --threads {resources.torch_threads} > {log} 2>&1"
 
 
 rule rankclip_eval:
@@ -32,9 +35,11 @@ rule rankclip_eval:
         f"logs/rankclip/eval/{{h}}/s{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/rankclip/eval/{{h}}/s{{seed}}.tsv"
-    threads: P.threads
+    threads: COMPUTE_THREADS
+    resources:
+        torch_threads=TORCH_THREADS,
     conda:
         ENV
     shell:
         "python -m mmablate rankclip-eval --config {input.cfg} --model {input.model}"
-        " --seed {wildcards.seed} --out {output} --threads {threads} > {log} 2>&1"
+        " --seed {wildcards.seed} --out {output} --threads {resources.torch_threads} > {log} 2>&1"

@@ -25,9 +25,31 @@ def world_tokenizer(context_length: int = 24) -> WordTokenizer:
     return WordTokenizer(vocabulary(), context_length)
 
 
+def import_open_clip(model_cfg: dict | None = None):
+    """open_clip; for a model built from a config without a Hugging Face text tower (the world's
+    tiny CLIPs) imported without `transformers`, which open_clip.hf_model would otherwise load
+    (≈ 1.2 s of CPU in each of the tiny scale's ~115 CLIP jobs; `import transformers` works as
+    usual afterwards, e.g. for peft or diffusers). Only open_clip's HF text towers need it."""
+    import sys
+
+    cfg = (model_cfg or {}).get("cfg")
+    if "open_clip" in sys.modules or "transformers" in sys.modules or cfg is None \
+            or "hf_model_name" in (cfg.get("text_cfg") or {}):
+        import open_clip
+
+        return open_clip
+    sys.modules["transformers"] = None  # `import transformers` raises ImportError meanwhile
+    try:
+        import open_clip
+    finally:
+        if "transformers" in sys.modules and sys.modules["transformers"] is None:
+            del sys.modules["transformers"]
+    return open_clip
+
+
 def build(model_cfg: dict):
     """Returns (model, preprocess, tokenizer) for a stage's model block."""
-    import open_clip
+    open_clip = import_open_clip(model_cfg)
 
     arch = model_cfg["arch"]
     if model_cfg.get("cfg") is not None:

@@ -82,6 +82,8 @@ def cmd_dpo(a):
 
 
 def register(sub):
+    """GPU stages (`gpu=True`: cli.main claims a free GPU first) are those whose rules declare
+    `resources: gpu`: SFT, BDHS generation, DPO and the benchmarks."""
     s = sub.add_parser("mmalign-data", help="write the mmalign world (instructions, pairs, benchmarks)")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True, help="summary JSON; the data are written beside it")
@@ -92,19 +94,19 @@ def register(sub):
     s.add_argument("--out", required=True, help="summary JSON; the model is saved in model/ beside it")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--stop-after", type=int, default=None)
-    s.set_defaults(fn=cmd_sft)
+    s.set_defaults(fn=cmd_sft, gpu=True)
 
     s = sub.add_parser("mmalign-bdhs", help="BDHS negatives of the offline pairs (cached)")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_bdhs)
+    s.set_defaults(fn=cmd_bdhs, gpu=True)
 
     s = sub.add_parser("mmalign-eval", help="the eight benchmarks of a saved model")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_eval)
+    s.set_defaults(fn=cmd_eval, gpu=True)
 
     s = sub.add_parser("mmalign-dpo", help="DPO with BDHS (γ) and Mixed-DPO (p), then the benchmarks")
     s.add_argument("--config", required=True)
@@ -112,4 +114,4 @@ def register(sub):
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--save-model", action="store_true")
-    s.set_defaults(fn=cmd_dpo)
+    s.set_defaults(fn=cmd_dpo, gpu=True)

@@ -122,7 +122,7 @@ def cmd_distfig(a):
 
 
 def register(sub):
-    def add(name, fn, help, seed=False, threads=True, stop=False, grid=False):
+    def add(name, fn, help, seed=False, threads=True, stop=False, grid=False, gpu=False):
         s = sub.add_parser(name, help=help)
         s.add_argument("--config", required=True)
         s.add_argument("--out", required=True)
@@ -135,16 +135,18 @@ def register(sub):
                            help="checkpoint and exit after this many steps (to test resuming)")
         if grid:
             s.add_argument("--grid", default=None, help="PNG grid of samples")
-        s.set_defaults(fn=fn)
+        s.set_defaults(fn=fn, gpu=gpu)  # gpu: cli.main claims a free GPU (mmablate.gpu)
 
     add("pairrank-world", cmd_world, "write the preference-pair world (Pick-a-Pic schema)",
         threads=False)
-    add("pairrank-pretrain", cmd_pretrain, "pretrain the world's text-to-image UNet", stop=True)
-    add("pairrank-reward", cmd_reward, "train one world reward twin")
-    add("pairrank-score", cmd_score, "score every pair once with the reward model ψ")
+    add("pairrank-pretrain", cmd_pretrain, "pretrain the world's text-to-image UNet", stop=True,
+        gpu=True)
+    add("pairrank-reward", cmd_reward, "train one world reward twin", gpu=True)
+    add("pairrank-score", cmd_score, "score every pair once with the reward model ψ", gpu=True)
     add("pairrank-select", cmd_select, "rank pairs by quality and select", threads=False)
     add("pairrank-dpo", cmd_dpo, "Diffusion-DPO with LoRA on the selected pairs", seed=True,
-        stop=True)
-    add("pairrank-eval", cmd_eval, "sample held-out prompts and score them", seed=True, grid=True)
+        stop=True, gpu=True)
+    add("pairrank-eval", cmd_eval, "sample held-out prompts and score them", seed=True, grid=True,
+        gpu=True)
     add("pairrank-distfig", cmd_distfig, "quality-score distributions with every threshold",
         threads=False)

@@ -53,7 +53,7 @@ def evaluate(cfg: dict, seed: int, out_json, grid_png=None, threads: int = 1) ->
     set_threads(threads)
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    scorers = {m: load_scorer(r) for m, r in cfg["metrics"].items()}  # fail early on bad weights
+    scorers = {m: load_scorer(r, device) for m, r in cfg["metrics"].items()}  # fail early on bad weights
     t2i = load_t2i(cfg["model"], device)
     if cfg.get("lora"):
         load_lora(t2i.unet, cfg["lora"])

@@ -234,7 +234,7 @@ def _joint(img, txt):
     return torch.cat([img, txt, img * txt], 1)
 
 
-def load_twin(path) -> Scorer:
+def load_twin(path, device: str = "cpu") -> Scorer:
     from ...util import load_torch_file
 
     st = load_torch_file(path, "reward model", weights_only=False)
@@ -244,30 +244,30 @@ def load_twin(path) -> Scorer:
     clip, tok = _clip(st["clip_cfg"])
     if "clip" in st:
         clip.load_state_dict(st["clip"])
-    clip.eval()
+    clip.eval().to(device)
     size = _image_size(clip)
     head = None
     if "head" in st:
         d = next(iter(st["head"].values())).shape[1]
         head = _mlp([d, st["hidden"], 16, 1], 0.1)
         head.load_state_dict(st["head"])
-        head.eval()
+        head.eval().to(device)
 
     def fn(images, prompts):
-        img = clip.encode_image(clip_pixels(images, size), normalize=True)
+        img = clip.encode_image(clip_pixels(images, size).to(device), normalize=True)
         if kind == "aesthetic":
-            return head(img).squeeze(1).numpy()
-        txt = clip.encode_text(tok(prompts), normalize=True)
+            return head(img).squeeze(1).cpu().numpy()
+        txt = clip.encode_text(tok(prompts).to(device), normalize=True)
         if kind == "image_reward":
-            return ((head(_joint(img, txt)).squeeze(1) - st["mean"]) / st["std"]).numpy()
+            return ((head(_joint(img, txt)).squeeze(1) - st["mean"]) / st["std"]).cpu().numpy()
         cos = (img * txt).sum(1)
-        return (clip.logit_scale.exp() * cos if kind == "pickscore" else cos).numpy()
+        return (clip.logit_scale.exp() * cos if kind == "pickscore" else cos).cpu().numpy()
 
     return Scorer(kind, fn, kind)
 
 
 # ---- paper-scale wrappers --------------------------------------------------------------------
-def _paper_aesthetic(rcfg):
+def _paper_aesthetic(rcfg, device="cpu"):
     """LAION improved aesthetic predictor: MLP (768→1024→128→64→16→1) on CLIP ViT-L/14 embeddings."""
     import open_clip
     import torch
@@ -280,37 +280,39 @@ def _paper_aesthetic(rcfg):
                         nn.Linear(16, 1))
     state = torch.load(rcfg["head_weights"], map_location="cpu", weights_only=True)
     mlp.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
-    model.eval(), mlp.eval()
+    model.eval().to(device), mlp.eval().to(device)
     size = _image_size(model)
 
     def fn(images, prompts):
-        return mlp(model.encode_image(clip_pixels(images, size), normalize=True)).squeeze(1).numpy()
+        img = model.encode_image(clip_pixels(images, size).to(device), normalize=True)
+        return mlp(img).squeeze(1).cpu().numpy()
 
     return fn
 
 
-def _paper_pickscore(rcfg):
+def _paper_pickscore(rcfg, device="cpu"):
     """PickScore_v1 (transformers CLIPModel): logit_scale · cos(text, image)."""
     from transformers import AutoModel, AutoProcessor
 
     proc = AutoProcessor.from_pretrained(rcfg["processor"])
-    model = AutoModel.from_pretrained(rcfg["model"]).eval()
+    model = AutoModel.from_pretrained(rcfg["model"]).eval().to(device)
 
     def _t(o):  # transformers 5 returns a model output, not a tensor
         return o if hasattr(o, "norm") else o.pooler_output
 
     def fn(images, prompts):
-        px = proc(images=list(images), return_tensors="pt")
-        tx = proc(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        px = proc(images=list(images), return_tensors="pt").to(device)
+        tx = proc(text=prompts, padding=True, truncation=True, max_length=77,
+                  return_tensors="pt").to(device)
         i = _t(model.get_image_features(**px))
         t = _t(model.get_text_features(**tx))
         i, t = i / i.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
-        return (model.logit_scale.exp() * (i * t).sum(1)).numpy()
+        return (model.logit_scale.exp() * (i * t).sum(1)).cpu().numpy()
 
     return fn
 
 
-def _paper_hpsv2(rcfg):
+def _paper_hpsv2(rcfg, device="cpu"):
     """HPSv2.1: open_clip ViT-H-14 with the HPS checkpoint; score = cos(text, image)."""
     import open_clip
     import torch
@@ -320,18 +322,18 @@ def _paper_hpsv2(rcfg):
     state = torch.load(rcfg["checkpoint"], map_location="cpu", weights_only=False)
     model.load_state_dict(state.get("state_dict", state))
     tok = open_clip.get_tokenizer(rcfg["clip_arch"])
-    model.eval()
+    model.eval().to(device)
     size = _image_size(model)
 
     def fn(images, prompts):
-        i = model.encode_image(clip_pixels(images, size), normalize=True)
-        t = model.encode_text(tok(prompts), normalize=True)
-        return (i * t).sum(1).numpy()
+        i = model.encode_image(clip_pixels(images, size).to(device), normalize=True)
+        t = model.encode_text(tok(prompts).to(device), normalize=True)
+        return (i * t).sum(1).cpu().numpy()
 
     return fn
 
 
-def _paper_image_reward(rcfg):
+def _paper_image_reward(rcfg, device="cpu"):
     raise ConfigError(
         "rewards.image_reward at paper scale: ImageReward's published model is a BLIP "
         "(ViT-L + BERT cross-attention) checkpoint loaded by the `image-reward` package, which "
@@ -343,22 +345,24 @@ PAPER = {"aesthetic": _paper_aesthetic, "pickscore": _paper_pickscore, "hpsv2": 
          "image_reward": _paper_image_reward}
 
 
-def load_scorer(rcfg: dict) -> Scorer:
-    """A reward block: {"source": "twin", "path": ...} or {"source": "paper", "kind": ..., ...}."""
+def load_scorer(rcfg: dict, device: str = "cpu") -> Scorer:
+    """A reward block: {"source": "twin", "path": ...} or {"source": "paper", "kind": ..., ...};
+    the model runs on `device` (inputs and scores stay NumPy on the CPU)."""
     if rcfg["source"] == "twin":
-        return load_twin(rcfg["path"])
+        return load_twin(rcfg["path"], device)
     if rcfg["source"] == "paper":
-        return Scorer(rcfg["kind"], PAPER[rcfg["kind"]](rcfg), rcfg["kind"])
+        return Scorer(rcfg["kind"], PAPER[rcfg["kind"]](rcfg, device), rcfg["kind"])
     raise ConfigError(f"reward source {rcfg['source']!r}: expected 'twin' or 'paper'")
 
 
 def score_pairs(cfg: dict, out) -> dict:
     """Scores both images of every pair once (ties dropped, winner first) → npz cache."""
     from ...data.pickapic import load_pairs
+    from ...device import torch_device
 
     t0 = time.time()
     pairs = load_pairs(cfg["pairs"])
-    scorer = load_scorer(cfg["reward"])
+    scorer = load_scorer(cfg["reward"], torch_device())
     w = scorer(pairs.images("winner"), pairs.captions)
     l = scorer(pairs.images("loser"), pairs.captions)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

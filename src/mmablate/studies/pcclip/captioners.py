@@ -251,7 +251,9 @@ def _load(source, cls_name: str):
         model = getattr(tf, cls_name).from_pretrained(source)
     except (OSError, ValueError) as e:
         raise DataError(f"captioner model {source!r} cannot be loaded: {e}") from None
-    model.eval()
+    from ...device import torch_device
+
+    model.eval().to(torch_device())  # generation on the GPU cli.main claimed, or the CPU
     return tok, model
 
 
@@ -263,7 +265,7 @@ class CausalCaptioner(Captioner):
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        pipe = pipeline("text-generation", model=model, tokenizer=tok, device=model.device)
         prompts = self.prompts(pairs)
         if self.spec.get("chat"):
             inputs = [[{"role": "user", "content": p}] for p in prompts]
@@ -289,7 +291,7 @@ class MaskedCaptioner(Captioner):
         meta = Path(self.source) / "mmablate_captioner.json"
         slots = json.loads(meta.read_text())["slots"] if meta.is_file() else \
             self.spec.get("slots", 12)
-        pipe = pipeline("fill-mask", model=model, tokenizer=tok)
+        pipe = pipeline("fill-mask", model=model, tokenizer=tok, device=model.device)
         sep = f" {tok.sep_token} " if tok.sep_token else " "
         prompts = [p + sep for p in self.prompts(pairs)]
         filled = [[] for _ in prompts]
@@ -316,7 +318,8 @@ class Seq2SeqCaptioner(Captioner):
         tok, model = _load(self.source, "AutoModelForSeq2SeqLM")
         prompts, texts = self.prompts(pairs), []
         for i in range(0, len(prompts), self.batch_size):
-            enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True)
+            enc = tok(prompts[i:i + self.batch_size], return_tensors="pt",
+                      padding=True).to(model.device)
             with torch.no_grad():
                 ids = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False)
             texts += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]

@@ -121,17 +121,17 @@ def cmd_eval(a):
 
 
 def register(sub):
-    def add(name, fn, help, *args):
+    def add(name, fn, help, *args, gpu=True):
         s = sub.add_parser(name, help=help)
         s.add_argument("--config", required=True)
         s.add_argument("--out", required=True)
         s.add_argument("--threads", type=int, default=1)
         for arg, kw in args:
             s.add_argument(arg, **kw)
-        s.set_defaults(fn=fn)
+        s.set_defaults(fn=fn, gpu=gpu)  # gpu: cli.main claims a free GPU (mmablate.gpu)
 
     seed = ("--seed", {"type": int, "required": True})
-    add("pcclip-pairs", cmd_pairs, "image pairs with descriptions (world or COCO)")
+    add("pcclip-pairs", cmd_pairs, "image pairs with descriptions (world or COCO)", gpu=False)
     add("pcclip-captioner", cmd_captioner, "train a small captioner LM on the world corpus")
     add("pcclip-captions", cmd_captions, "difference captions of the training pairs")
     add("pcclip-embed", cmd_embed, "base-model image embeddings of the training pairs", seed)

@@ -27,10 +27,13 @@ from ...errors import DataError
 def _texts(model, tok, texts, batch: int = 512):
     import torch
 
+    from ...device import module_device
+
+    dev = module_device(model)
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch):
-            out.append(model.encode_text(tok(texts[i:i + batch]), normalize=True).float())
+            out.append(model.encode_text(tok(texts[i:i + batch]).to(dev), normalize=True).float())
     return torch.cat(out)
 
 
@@ -85,7 +88,7 @@ def arithmetic(model, tok, fa, fb, phrase_a, phrase_b) -> float:
     q = F.normalize(fa - ta + tb, dim=-1)
     gallery = torch.cat([fa, fb])  # index i: A_i; N + i: B_i
     top = (q @ gallery.T).argmax(dim=1)
-    target = torch.arange(len(fa)) + len(fa)
+    target = torch.arange(len(fa), device=fa.device) + len(fa)
     return 100.0 * float((top == target).float().mean())
 
 
@@ -95,6 +98,7 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
     import torch
 
     from ...data.imagetext import ClassFolder
+    from ...device import torch_device
     from ...metrics.zeroshot import zeroshot_topk
     from ...training.schedule import set_threads
     from .data import read_pairs
@@ -105,8 +109,8 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
     model, preprocess, tok = load_clip(cfg["model"], base)
     combine = load_finetuned(model, finetuned) if finetuned else \
         Combine("subtract", embed_dim(model))
-    model.eval()
-    combine.eval()
+    model.eval().to(torch_device())  # the GPU cli.main claimed, or the CPU
+    combine.eval().to(torch_device())
     ev = cfg["eval"]
     rows = read_pairs(cfg["pairs"], "eval")
     for k in ("difference", "reverse"):

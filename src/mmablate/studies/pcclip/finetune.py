@@ -37,12 +37,16 @@ def pair_images(rows, preprocess):
 
 
 def encode_images(model, images, batch: int = 256):
+    """Unit-norm image embeddings, computed on the model's device (and left there)."""
     import torch
 
+    from ...device import module_device
+
+    dev = module_device(model)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out.append(model.encode_image(images[i:i + batch], normalize=True).float())
+            out.append(model.encode_image(images[i:i + batch].to(dev), normalize=True).float())
     return torch.cat(out)
 
 
@@ -53,12 +57,14 @@ def embed_pairs(cfg: dict, base: str | None, out, threads: int = 1) -> dict:
 
     set_threads(threads)
     t0 = time.time()
+    from ...device import torch_device
+
     model, preprocess, _ = load_clip(cfg["model"], base)
-    model.eval()
+    model.eval().to(torch_device())
     rows = read_pairs(cfg["pairs"], "train")
     a, b = pair_images(rows, preprocess)
-    emb = {"a": encode_images(model, a), "b": encode_images(model, b), "n": len(rows),
-           "pairs": cfg["pairs"]}
+    emb = {"a": encode_images(model, a).cpu(), "b": encode_images(model, b).cpu(),
+           "n": len(rows), "pairs": cfg["pairs"]}  # saved on the CPU: loads anywhere
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(emb, out)
     return {"n": len(rows), "dim": int(emb["a"].shape[1]), "wall_s": round(time.time() - t0, 2)}

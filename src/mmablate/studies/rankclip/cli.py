@@ -44,4 +44,4 @@ def register(sub):
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_eval)
+    s.set_defaults(fn=cmd_eval)  # a CPU stage: zero-shot of a small model (rule rankclip_eval)
