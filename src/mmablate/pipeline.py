@@ -67,7 +67,7 @@ class Pipeline:
         self.config = config
         self.planset, self.notes = self._load_plans(plans)
         self.study_ablations = effective_ablations(config, self.planset)
-        validate(config, self.configfiles, self.study_ablations)
+        validate(config, self.configfiles, self.study_ablations, schema=False)
         self.scale = config["scale"]
         self.seeds = list(range(config["seeds"]))
         self.threads = config.get("threads", 1)
@@ -201,6 +201,15 @@ class Pipeline:
         return out + self.extra_targets
 
 
+def configfile_order(configfiles, default: str) -> list[str]:
+    """The config files in merge order: Snakemake lists `--configfile` overlays before the
+    Snakefile's own `configfile:`, which is merged first (the overlays override it)."""
+    files = [str(f) for f in configfiles]
+    d = (REPO / default).resolve()
+    first = [f for f in files if Path(f).resolve() == d or Path(f).resolve() == Path(default).resolve()]
+    return (first or [default]) + [f for f in files if f not in first]
+
+
 def sources(*names: str) -> list[str]:
     """Source files (relative to the repo) that a stage's output depends on."""
     out = []
@@ -236,23 +245,63 @@ def schema_path() -> Path:
     return REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def validate_schema(config: dict, configfiles=("<config>",)) -> None:
-    import jsonschema
+def load_schema() -> dict:
+    """The config schema (YAML; shared property sets are anchors merged with `<<:`)."""
     import yaml
 
+    return yaml.safe_load(schema_path().read_text())
+
+
+def _dotted(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top>"
+
+
+def schema_errors(config: dict, configfiles=("<config>",)) -> list[str]:
+    """One line per schema violation: the dotted key, what is wrong, and which of the config
+    files set it (when there are several and they exist)."""
+    import jsonschema
+
+    from .config import origins
+
+    files = [str(c) for c in configfiles]
+    real = [f for f in files if Path(f).is_file()]
+    lines = []
+    errors = sorted(jsonschema.Draft202012Validator(load_schema()).iter_errors(config),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    for e in errors:
+        path = list(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            known = sorted(e.schema.get("properties", {}))
+            extra = [k for k in e.instance if k not in e.schema.get("properties", {})]
+            for k in extra:
+                at = origins(real, path + [k]) if len(real) > 1 else []
+                lines.append(f"{_dotted(path + [k])}: unknown key"
+                             + (f" (set in {', '.join(at)})" if at else "")
+                             + f"; known keys of {_dotted(path)}: {known}")
+            continue
+        at = origins(real, path)[-1:] if len(real) > 1 and path else []  # the file that wins
+        msg = e.message if len(e.message) < 300 else e.message[:300] + " ..."
+        lines.append(f"{_dotted(path)}: {msg}" + (f" (set in {', '.join(at)})" if at else ""))
+    return lines
+
+
+def validate_schema(config: dict, configfiles=("<config>",)) -> None:
     where = " + ".join(str(c) for c in configfiles)
-    schema = yaml.safe_load(schema_path().read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config),
-                    key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}"
-                 for e in errors[:10]]
-        raise ConfigError(f"{where}: invalid config:\n" + "\n".join(lines))
+    lines = schema_errors(config, configfiles)
+    if lines:
+        shown = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
+        raise ConfigError(f"{where}: invalid config:\n" + "\n".join(f"  {x}" for x in shown))
 
 
-def validate(config: dict, configfiles=("<config>",), ablations: dict | None = None) -> None:
-    """Schema + each enabled study's checks; `ablations` (study → list) defaults to the config's."""
-    validate_schema(config, configfiles)
+def validate(config: dict, configfiles=("<config>",), ablations: dict | None = None,
+             schema: bool = True) -> None:
+    """Schema (unless `schema` is False: the caller checked it) + each enabled study's checks;
+    `ablations` (study → list) defaults to the config's."""
+    if schema:
+        validate_schema(config, configfiles)
     where = " + ".join(str(c) for c in configfiles)
     for study, scfg in config["studies"].items():
         if study not in STUDIES:

@@ -6,9 +6,14 @@ SRC_DIR = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC_DIR)
 # Jobs run this workflow's own package, whether or not (or wherever) it is pip-installed.
 shell.prefix(f'export PYTHONPATH="{SRC_DIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
-from mmablate.pipeline import Pipeline, sources
+from mmablate.errors import MMAblateError
+from mmablate.pipeline import Pipeline, configfile_order, sources
 
-P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
+try:
+    P = Pipeline(config, configfile_order(workflow.configfiles, "config/config.yaml"))
+except MMAblateError as _e:  # a config error: the message names file(s) and key; no traceback
+    print(f"error: {_e}", file=sys.stderr)
+    sys.exit(1)
 for _note in P.notes:  # plans skipped (study disabled / not in this checkout) or overridden
     print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results

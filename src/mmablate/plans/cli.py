@@ -61,18 +61,8 @@ def cmd_check(a) -> int:
     return rc
 
 
-def _load_config(files) -> dict:
-    import yaml
-
-    from ..cli import _merge
-
-    cfg = {}
-    for f in files:
-        _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
-    return cfg
-
-
 def _check_one(path: Path, config_files) -> int:
+    from ..config import load
     from ..errors import ConfigError
     from ..pipeline import REPO, STUDIES, Pipeline, plans_dir
     from .load import load_plans, plan_files
@@ -105,7 +95,7 @@ def _check_one(path: Path, config_files) -> int:
 
     cfg_files = config_files or [str(REPO / "config" / "config.yaml")]
     try:
-        cfg = _load_config(cfg_files)
+        cfg = load(cfg_files)
         scfg = cfg["studies"].get(plan.study)
         if scfg is None:
             print(f"note: the config has no studies.{plan.study} block; the plan cannot run")
