@@ -27,7 +27,7 @@ def read(path) -> dict:
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except yaml.YAMLError as e:

@@ -245,11 +245,27 @@ def schema_path() -> Path:
     return REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
+_SCHEMA: dict = {}  # (path, mtime, size) → (schema, validator): read once per process
+
+
 def load_schema() -> dict:
     """The config schema (YAML; shared property sets are anchors merged with `<<:`)."""
+    return _schema_validator()[0]
+
+
+def _schema_validator():
+    import jsonschema
     import yaml
 
-    return yaml.safe_load(schema_path().read_text())
+    p = schema_path()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _SCHEMA:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        schema = yaml.load(p.read_text(), Loader=loader)
+        _SCHEMA.clear()
+        _SCHEMA[key] = (schema, jsonschema.Draft202012Validator(schema))
+    return _SCHEMA[key]
 
 
 def _dotted(path) -> str:
@@ -262,14 +278,12 @@ def _dotted(path) -> str:
 def schema_errors(config: dict, configfiles=("<config>",)) -> list[str]:
     """One line per schema violation: the dotted key, what is wrong, and which of the config
     files set it (when there are several and they exist)."""
-    import jsonschema
-
     from .config import origins
 
     files = [str(c) for c in configfiles]
     real = [f for f in files if Path(f).is_file()]
     lines = []
-    errors = sorted(jsonschema.Draft202012Validator(load_schema()).iter_errors(config),
+    errors = sorted(_schema_validator()[1].iter_errors(config),
                     key=lambda e: [str(p) for p in e.absolute_path])
     for e in errors:
         path = list(e.absolute_path)
