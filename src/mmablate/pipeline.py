@@ -127,6 +127,29 @@ class Pipeline:
         if path not in self.extra_targets:
             self.extra_targets.append(path)
 
+    def output(self, stage: str, h: str, seed=None) -> str:
+        """The main output file of job `h` of `stage` (of seed `seed` where per seed)."""
+        t = stage_outputs()[stage]
+        if ("{seed}" in t) != (seed is not None):
+            raise ValueError(f"{stage}: seed {seed!r} for output template {t!r}")
+        return f"{self.results}/" + t.format(h=h, seed=seed)
+
+    def output_pattern(self, stage: str) -> str:
+        """The rule's output pattern of `stage`, with the {h} (and {seed}) wildcards."""
+        return f"{self.results}/" + stage_outputs()[stage]
+
+    def job_of(self, path: str):
+        """(stage, hash, seed or None) of the job whose main output is `path`, else None."""
+        import re
+
+        for stage, t in stage_outputs().items():
+            rx = re.escape(f"{self.results}/" + t).replace(r"\{h\}", r"(?P<h>[0-9a-f]+)")
+            rx = rx.replace(r"\{seed\}", r"(?P<seed>\d+)")
+            m = re.fullmatch(rx, path)
+            if m:
+                return stage, m["h"], int(m["seed"]) if "seed" in m.groupdict() else None
+        return None
+
     def config_path(self, stage: str, h: str) -> str:
         return f"{self.results}/configs/{stage}/{h}.json"
 
@@ -208,6 +231,18 @@ def configfile_order(configfiles, default: str) -> list[str]:
     d = (REPO / default).resolve()
     first = [f for f in files if Path(f).resolve() == d or Path(f).resolve() == Path(default).resolve()]
     return (first or [default]) + [f for f in files if f not in first]
+
+
+WORLD_OUTPUTS = {"world": "world/{h}/summary.json"}
+
+
+def stage_outputs() -> dict:
+    """stage → its job's main output relative to the results dir: the shared world's and each
+    available study's `OUTPUTS` (one place; the rules' `output:` restate them, a test checks)."""
+    out = dict(WORLD_OUTPUTS)
+    for study in STUDIES:
+        out.update(study_module(study).OUTPUTS)
+    return out
 
 
 def sources(*names: str) -> list[str]:

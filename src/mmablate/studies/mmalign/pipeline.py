@@ -22,6 +22,13 @@ ABLATABLE = {
                    "sampled from the policy and ranked by the judge), Eq. 4",
 }
 _W = "world "  # the world versions of the benchmarks are labelled as such
+OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
+    "mmalign_data": "mmalign/data/{h}/summary.json",
+    "mmalign_sft": "mmalign/sft/{h}/summary.json",
+    "mmalign_bdhs": "mmalign/bdhs/{h}/bdhs.jsonl",
+    "mmalign_dpo": "mmalign/dpo/{h}/s{seed}/metrics.json",
+    "mmalign_eval": "mmalign/eval/{h}/metrics.json",
+}
 METRICS = {
     "pope": {"label": "POPE F1 (avg of 3 splits)", "unit": "%", "higher_is_better": True},
     "pope_acc": {"label": "POPE accuracy", "unit": "%", "higher_is_better": True},

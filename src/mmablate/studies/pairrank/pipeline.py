@@ -28,6 +28,16 @@ ABLATABLE = {
 }
 REAL_NAMES = {"aesthetic": "Aesthetic Score", "image_reward": "ImageReward",
               "pickscore": "PickScore", "hpsv2": "HPSv2"}
+OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
+    "pairrank_world": "pairrank/world/{h}/summary.json",
+    "pairrank_base": "pairrank/base/{h}/t2i.json",
+    "pairrank_reward": "pairrank/reward/{h}/model.pt",
+    "pairrank_score": "pairrank/score/{h}/scores.npz",
+    "pairrank_select": "pairrank/select/{h}/selection.json",
+    "pairrank_dpo": "pairrank/dpo/{h}/s{seed}/lora/adapter.pt",
+    "pairrank_eval": "pairrank/eval/{h}/s{seed}/metrics.json",
+    "pairrank_distfig": "pairrank/distfig/{h}/quality_distributions.png",
+}
 METRICS = {
     "aesthetic": {"label": "Aesthetic (world twin)", "unit": "", "higher_is_better": True},
     "image_reward": {"label": "ImageReward (world twin)", "unit": "", "higher_is_better": True},

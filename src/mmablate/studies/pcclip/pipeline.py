@@ -25,6 +25,14 @@ ABLATABLE = {
     "finetune.loss": "loss aligning the combined image vector with the difference caption",
     "captions.captioner": "language model writing the difference captions",
 }
+OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
+    "pcclip_pairs": "pcclip/pairs/{h}/pairs.csv",
+    "pcclip_captioner": "pcclip/captioner/{h}/summary.json",
+    "pcclip_captions": "pcclip/captions/{h}/captions.csv",
+    "pcclip_embed": "pcclip/embed/{h}/s{seed}/embeddings.pt",
+    "pcclip_finetune": "pcclip/finetune/{h}/s{seed}/model.pt",
+    "pcclip_eval": "pcclip/eval/{h}/s{seed}/metrics.json",
+}
 METRICS = {
     "diff_acc": {"label": "Difference-based Classification Accuracy", "unit": "%",
                  "higher_is_better": True},

@@ -12,6 +12,10 @@ ABLATABLE = {
     "loss.rank_weight": "ranking-consistency loss weight λ (in-modal and cross-modal)",
     "loss.decay": "positional decay µ(k) of the list-wise ranking loss",
 }
+OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
+    "rankclip_train": "rankclip/train/{h}/s{seed}/model.pt",
+    "rankclip_eval": "rankclip/eval/{h}/s{seed}/metrics.json",
+}
 METRICS = {
     "zeroshot_top1": {"label": "Zero-shot Top-1 Accuracy", "unit": "%", "higher_is_better": True},
     "zeroshot_top3": {"label": "Zero-shot Top-3 Accuracy", "unit": "%", "higher_is_better": True},
