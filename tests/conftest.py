@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
 
 
-STUDY_IDS = ("rankclip", "pcclip", "pairrank", "mmalign")
+from mmablate.studies.spec import STUDY_IDS  # noqa: E402  (one list: the study descriptions)
 
 
 def with_ablations(cfg: dict) -> dict:

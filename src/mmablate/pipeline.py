@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .studies.spec import STUDY_IDS, STUDY_SPECS
 from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
-STUDIES = ("rankclip", "pcclip", "pairrank", "mmalign")
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
+# The studies that can run here: every described study (mmablate.studies.spec) whose package
+# is in this checkout.
+STUDIES = tuple(s for s in STUDY_IDS if (SRC / "studies" / s / "pipeline.py").is_file())
 
 
 def study_module(study: str):
@@ -238,10 +241,11 @@ WORLD_OUTPUTS = {"world": "world/{h}/summary.json"}
 
 def stage_outputs() -> dict:
     """stage → its job's main output relative to the results dir: the shared world's and each
-    available study's `OUTPUTS` (one place; the rules' `output:` restate them, a test checks)."""
+    available study's `stages` (mmablate.studies.spec; the rules' `output:` restate them, a
+    test checks)."""
     out = dict(WORLD_OUTPUTS)
     for study in STUDIES:
-        out.update(study_module(study).OUTPUTS)
+        out.update(STUDY_SPECS[study].stages)
     return out
 
 

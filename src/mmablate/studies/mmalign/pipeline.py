@@ -13,34 +13,12 @@ from __future__ import annotations
 import math
 
 from ...errors import ConfigError
+from ..spec import MMALIGN as SPEC
 
-TITLE = "Understanding Alignment in Multimodal LLMs (BDHS, Mixed-DPO)"
-ABLATABLE = {
-    "bdhs.gamma": "γ: weight of the external non-preferred response in the averaged DPO loss "
-                  "(1 − γ on the BDHS one), Eq. 5",
-    "mixed_dpo.p": "p: probability that an example is its offline pair (else an online pair "
-                   "sampled from the policy and ranked by the judge), Eq. 4",
-}
-_W = "world "  # the world versions of the benchmarks are labelled as such
-OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
-    "mmalign_data": "mmalign/data/{h}/summary.json",
-    "mmalign_sft": "mmalign/sft/{h}/summary.json",
-    "mmalign_bdhs": "mmalign/bdhs/{h}/bdhs.jsonl",
-    "mmalign_dpo": "mmalign/dpo/{h}/s{seed}/metrics.json",
-    "mmalign_eval": "mmalign/eval/{h}/metrics.json",
-}
-METRICS = {
-    "pope": {"label": "POPE F1 (avg of 3 splits)", "unit": "%", "higher_is_better": True},
-    "pope_acc": {"label": "POPE accuracy", "unit": "%", "higher_is_better": True},
-    "pope_yes_ratio": {"label": "POPE yes-ratio", "unit": "%", "higher_is_better": False},
-    "mmhal": {"label": "MMHAL score (0-6)", "unit": "", "higher_is_better": True},
-    "mmhalv": {"label": "MMHALv hallucination rate", "unit": "%", "higher_is_better": False},
-    "llavaw": {"label": "LLaVA-W relative score", "unit": "%", "higher_is_better": True},
-    "vqat": {"label": "VQA-T accuracy", "unit": "%", "higher_is_better": True},
-    "gqa": {"label": "GQA accuracy", "unit": "%", "higher_is_better": True},
-    "mmvet": {"label": "MM-Vet score", "unit": "%", "higher_is_better": True},
-    "recall_coco": {"label": "Recall-coco (object recall)", "unit": "%", "higher_is_better": True},
-}
+TITLE = SPEC.caption
+ABLATABLE = SPEC.ablatable
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 

@@ -17,34 +17,16 @@ import math
 
 from ...errors import ConfigError
 from ...util import get_path
+from ..spec import PAIRRANK as SPEC
 
-TITLE = "Effective Text-to-Image Alignment with Quality Aware Pair Ranking"
-QUALITY_LABELS = {"product": "ψw·(1−ψl)", "difference": "ψw−ψl", "ratio": "ψw/(ψl+ε)"}
-THRESHOLD_LABELS = {"fixed": "fixed top 5.33%", "dynamic": "dynamic (Otsu split)",
-                    "adaptive": "adaptive (validation)"}
-ABLATABLE = {
-    "selection.quality": "quality metric Q used to rank preference pairs",
-    "selection.threshold": "how many of the ranked pairs are kept for Diffusion-DPO",
-}
+TITLE = SPEC.caption
+QUALITY_LABELS = SPEC.labels("selection.quality")
+THRESHOLD_LABELS = SPEC.labels("selection.threshold")
+ABLATABLE = SPEC.ablatable
 REAL_NAMES = {"aesthetic": "Aesthetic Score", "image_reward": "ImageReward",
-              "pickscore": "PickScore", "hpsv2": "HPSv2"}
-OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
-    "pairrank_world": "pairrank/world/{h}/summary.json",
-    "pairrank_base": "pairrank/base/{h}/t2i.json",
-    "pairrank_reward": "pairrank/reward/{h}/model.pt",
-    "pairrank_score": "pairrank/score/{h}/scores.npz",
-    "pairrank_select": "pairrank/select/{h}/selection.json",
-    "pairrank_dpo": "pairrank/dpo/{h}/s{seed}/lora/adapter.pt",
-    "pairrank_eval": "pairrank/eval/{h}/s{seed}/metrics.json",
-    "pairrank_distfig": "pairrank/distfig/{h}/quality_distributions.png",
-}
-METRICS = {
-    "aesthetic": {"label": "Aesthetic (world twin)", "unit": "", "higher_is_better": True},
-    "image_reward": {"label": "ImageReward (world twin)", "unit": "", "higher_is_better": True},
-    "pickscore": {"label": "PickScore (world twin)", "unit": "", "higher_is_better": True},
-    "hpsv2": {"label": "HPSv2 (world twin)", "unit": "", "higher_is_better": True},
-    "oracle": {"label": "World oracle colour alignment", "unit": "%", "higher_is_better": True},
-}
+              "pickscore": "PickScore", "hpsv2": "HPSv2"}  # the paper scale's column labels
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
 EVAL_METRICS = ("aesthetic", "image_reward", "pickscore", "hpsv2")
 
 

@@ -16,43 +16,13 @@ import copy
 from pathlib import Path
 
 from ...errors import ConfigError
+from ..spec import PCCLIP as SPEC
 
-TITLE = "Finetuning CLIP to Reason about Pairwise Differences (PC-CLIP)"
-ABLATABLE = {
-    "finetune.encoders": "which encoders are finetuned (text only, or text and image jointly)",
-    "finetune.combine": "how the two image embeddings are combined (subtraction, concatenation, "
-                        "element-wise multiplication)",
-    "finetune.loss": "loss aligning the combined image vector with the difference caption",
-    "captions.captioner": "language model writing the difference captions",
-}
-OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
-    "pcclip_pairs": "pcclip/pairs/{h}/pairs.csv",
-    "pcclip_captioner": "pcclip/captioner/{h}/summary.json",
-    "pcclip_captions": "pcclip/captions/{h}/captions.csv",
-    "pcclip_embed": "pcclip/embed/{h}/s{seed}/embeddings.pt",
-    "pcclip_finetune": "pcclip/finetune/{h}/s{seed}/model.pt",
-    "pcclip_eval": "pcclip/eval/{h}/s{seed}/metrics.json",
-}
-METRICS = {
-    "diff_acc": {"label": "Difference-based Classification Accuracy", "unit": "%",
-                 "higher_is_better": True},
-    "diff_mc_acc": {"label": "Difference-based Multiple-choice Accuracy", "unit": "%",
-                    "higher_is_better": True},
-    "zeroshot_acc": {"label": "Zero-shot Classification Accuracy", "unit": "%",
-                     "higher_is_better": True},
-    "clipscore": {"label": "CLIPScore", "unit": "", "higher_is_better": True},
-    "arithmetic_acc": {"label": "Embedding Arithmetic Top-1", "unit": "%",
-                       "higher_is_better": True},
-}
-VALUES = {
-    "finetune.encoders": {"text": "text encoder only", "text_image": "text + image encoders"},
-    "finetune.combine": {"subtract": "subtraction", "concat": "concatenation",
-                         "multiply": "element-wise multiplication"},
-    "finetune.loss": {"contrastive": "contrastive (CLIP)", "squared": "squared (MSE)",
-                      "hinge": "hinge"},
-    "captions.captioner": {"llama2_chat": "LLaMA-2-chat", "gpt": "GPT-3", "bert": "BERT",
-                           "t5": "T5", "template": "template (ground truth)"},
-}
+TITLE = SPEC.caption
+ABLATABLE = SPEC.ablatable
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
+VALUES = {p.key: SPEC.labels(p.key) for p in SPEC.parts}  # part key → value → label
 
 
 def dataset_name(scfg: dict, scale: str) -> str:

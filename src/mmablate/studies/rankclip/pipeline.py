@@ -5,22 +5,13 @@ import math
 from pathlib import Path
 
 from ...errors import ConfigError
-from .losses_meta import DECAY_LABELS
+from ..spec import RANKCLIP as SPEC
 
-TITLE = "RankCLIP: Ranking-Consistent Language-Image Pretraining"
-ABLATABLE = {
-    "loss.rank_weight": "ranking-consistency loss weight λ (in-modal and cross-modal)",
-    "loss.decay": "positional decay µ(k) of the list-wise ranking loss",
-}
-OUTPUTS = {  # stage → its job's main output, relative to the results dir (rules restate these)
-    "rankclip_train": "rankclip/train/{h}/s{seed}/model.pt",
-    "rankclip_eval": "rankclip/eval/{h}/s{seed}/metrics.json",
-}
-METRICS = {
-    "zeroshot_top1": {"label": "Zero-shot Top-1 Accuracy", "unit": "%", "higher_is_better": True},
-    "zeroshot_top3": {"label": "Zero-shot Top-3 Accuracy", "unit": "%", "higher_is_better": True},
-    "zeroshot_top5": {"label": "Zero-shot Top-5 Accuracy", "unit": "%", "higher_is_better": True},
-}
+TITLE = SPEC.caption
+ABLATABLE = SPEC.ablatable
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
+DECAY_LABELS = SPEC.labels("loss.decay")
 
 
 def dataset_name(scfg: dict, scale: str) -> str:
