@@ -18,7 +18,8 @@ rule pairrank_base:
     input:
         cfg=stage_input("pairrank_base"),
         up=pairrank_in("pairrank_base"),
-        src=sources("studies/pairrank/diffusion.py", "data/pickapic.py", "models", "training"),
+        src=sources("studies/pairrank/diffusion.py", "data/pickapic.py", "models", "training",
+                    "world/scenes.py"),
     output:
         f"{R}/pairrank/base/{{h}}/t2i.json",
     log:
@@ -39,7 +40,9 @@ rule pairrank_reward:
     input:
         cfg=stage_input("pairrank_reward"),
         up=pairrank_in("pairrank_reward"),
-        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models"),
+        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
+                    "studies/pairrank/diffusion.py", "training/checkpoint.py",
+                    "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/reward/{{h}}/model.pt",
     log:
@@ -60,7 +63,9 @@ rule pairrank_score:
     input:
         cfg=stage_input("pairrank_score"),
         up=pairrank_in("pairrank_score"),
-        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models"),
+        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
+                    "studies/pairrank/diffusion.py", "training/checkpoint.py",
+                    "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/score/{{h}}/scores.npz",
     log:
@@ -99,7 +104,7 @@ rule pairrank_dpo:
         cfg=stage_input("pairrank_dpo"),
         up=pairrank_in("pairrank_dpo"),
         src=sources("studies/pairrank/dpo.py", "studies/pairrank/diffusion.py", "data/pickapic.py",
-                    "training"),
+                    "training", "models/clip.py", "models/tokenizer.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/dpo/{{h}}/s{{seed}}/lora/adapter.pt",
     log:
@@ -121,7 +126,10 @@ rule pairrank_eval:
         cfg=stage_input("pairrank_eval"),
         up=pairrank_in("pairrank_eval"),
         src=sources("studies/pairrank/evaluate.py", "studies/pairrank/rewards.py",
-                    "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py", "world/preference.py"),
+                    "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py",
+                    "world/preference.py", "data/pickapic.py", "models/clip.py",
+                    "models/tokenizer.py", "training/checkpoint.py", "training/schedule.py",
+                    "world/scenes.py"),
     output:
         json=f"{R}/pairrank/eval/{{h}}/s{{seed}}/metrics.json",
         grid=report(f"{R}/pairrank/eval/{{h}}/s{{seed}}/samples.png",
@@ -145,7 +153,8 @@ rule pairrank_distfig:
     input:
         cfg=stage_input("pairrank_distfig"),
         up=pairrank_in("pairrank_distfig"),
-        src=sources("studies/pairrank/figures.py", "studies/pairrank/selection.py"),
+        src=sources("studies/pairrank/figures.py", "studies/pairrank/selection.py",
+                    "data/pickapic.py", "studies/spec.py"),
     output:
         png=report(f"{R}/pairrank/distfig/{{h}}/quality_distributions.png",
                    caption="../report/pairrank_distributions.rst", category="Figures",
