@@ -37,6 +37,17 @@ def study_module(study: str):
     return importlib.import_module(f"mmablate.studies.{study}.pipeline")
 
 
+SEED = "{seed}"  # a Ref's seed: the same seed as the job that reads it
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An upstream job's main output, named by stage and config hash (and seed)."""
+    stage: str
+    h: str
+    seed: object = None  # None (not per seed) | int | SEED
+
+
 @dataclass
 class Row:
     label: str
@@ -76,6 +87,8 @@ class Pipeline:
         self.threads = config.get("threads", 1)
         self.results = results
         self.stages: dict[str, dict[str, dict]] = {}
+        # stage → hash → {input name: [Ref]}: the jobs whose outputs a job reads
+        self.needs: dict[str, dict[str, dict]] = {}
         self.ablations: list[Ablation] = []
         self.extra_targets: list[str] = []  # study-specific outputs (e.g. extra figures)
         for study in self.enabled_studies():
@@ -114,10 +127,42 @@ class Pipeline:
         return f"{' + '.join(self.configfiles)}: {key}"
 
     # ---- stages ----------------------------------------------------------------------------
-    def add_stage(self, stage: str, cfg: dict) -> str:
+    def add_stage(self, stage: str, cfg: dict, needs: dict | None = None) -> str:
+        """Registers the job of `stage` with resolved config `cfg`; returns its config hash.
+
+        `needs` names the upstream jobs it reads, by stage and hash (`Ref`s, or lists of them,
+        per input name): the rules' one input function (`inputs`) turns them into those jobs'
+        output files. The config itself carries whatever paths the stage's code opens."""
         h = config_hash(cfg)
         self.stages.setdefault(stage, {})[h] = cfg
+        if needs is not None:
+            clean = {k: [r for r in (v if isinstance(v, list) else [v]) if r is not None]
+                     for k, v in needs.items()}
+            clean = {k: v for k, v in clean.items() if v}
+            old = self.needs.setdefault(stage, {}).setdefault(h, clean)
+            if old != clean:  # the same config must read the same upstream jobs
+                raise RuntimeError(f"{stage} {h}: two different upstream sets: {old} / {clean}")
         return h
+
+    def ref(self, stage: str, h: str | None, seed=None):
+        """The output of job `h` of `stage` (None when there is no such job: a real path or
+        a skipped stage). `seed`: an int, SEED (the reading job's own seed) or None."""
+        return None if h is None else Ref(stage, h, seed)
+
+    def inputs(self, stage: str, h: str, seed=None) -> dict[str, list[str]]:
+        """The files a job of `stage` (config hash `h`, seed `seed`) reads from upstream jobs,
+        by input name: one input function serves every rule (workflow/rules/common.smk)."""
+        self.stage(stage, h)  # a clear error for an unknown job
+        out = {}
+        for name, refs in self.needs.get(stage, {}).get(h, {}).items():
+            paths = []
+            for r in refs:
+                s = (int(seed) if seed is not None else None) if r.seed == SEED else r.seed
+                p = self.output(r.stage, r.h, s)
+                if p not in paths:
+                    paths.append(p)
+            out[name] = paths
+        return out
 
     def stage(self, stage: str, h: str) -> dict:
         try:
@@ -158,8 +203,19 @@ class Pipeline:
 
     def world(self, world_cfg: dict) -> str:
         """Registers a world-generation stage; returns its output directory."""
-        h = self.add_stage("world", world_cfg)
-        return f"{self.results}/world/{h}"
+        return self.stage_dir("world", self.add_stage("world", world_cfg))
+
+    def stage_dir(self, stage: str, h: str) -> str:
+        """The directory holding job `h`'s outputs (`<results>/<study>/<name>/<hash>`)."""
+        t = stage_outputs()[stage]
+        return f"{self.results}/" + t[:t.index("{h}")] + h
+
+    def hash_of_dir(self, stage: str, path: str) -> str | None:
+        """The hash of the `stage` job whose directory `path` is or lies in, else None."""
+        prefix = self.stage_dir(stage, "")
+        if not path.startswith(prefix):
+            return None
+        return path[len(prefix):].split("/")[0] or None
 
     # ---- ablations -------------------------------------------------------------------------
     def _plan_study(self, study: str):

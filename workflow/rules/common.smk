@@ -29,11 +29,8 @@ def stage_input(stage):
     return lambda w: P.config_path(stage, w.h)
 
 
-def world_input(stage):
-    """The world summary a job of `stage` needs (nothing when its data are real files)."""
-
-    def f(w):
-        root = P.stage(stage, w.h)["data"]["root"]
-        return [f"{root}/summary.json"] if root.startswith(f"{R}/world/") else []
-
-    return f
+def upstream(stage):
+    """The one input function of every rule: the outputs of the jobs a job of `stage` reads,
+    by input name, as its stage config named them (stage + hash: mmablate.pipeline.Ref).
+    Use as `unpack(upstream("<stage>"))`."""
+    return lambda w: P.inputs(stage, w.h, getattr(w, "seed", None))
