@@ -2,7 +2,7 @@
 #   snakemake --cores 8 all                                      (tiny scale: the default)
 #   snakemake --cores 8 all --configfile config/scales/smoke.yaml
 # Logic lives in src/mmablate (every rule calls `python -m mmablate ...`); see README.md.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -10,7 +10,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The config is validated once, in workflow/rules/common.smk (mmablate.pipeline: the schema
+# workflow/schemas/config.schema.yaml, then each study's checks), with errors naming the
+# config file(s) and the dotted key.
 
 
 include: "workflow/rules/common.smk"

@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
 
 
-STUDY_IDS = ("rankclip", "pcclip", "pairrank", "mmalign")
+from mmablate.studies.spec import STUDY_IDS  # noqa: E402  (one list: the study descriptions)
 
 
 def with_ablations(cfg: dict) -> dict:
@@ -35,13 +35,9 @@ def only_study(cfg: dict, study: str) -> dict:
 
 @pytest.fixture
 def smoke_config():
-    import yaml
+    from mmablate.config import load
 
-    from mmablate.cli import _merge
-
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
-    return with_ablations(cfg)
+    return with_ablations(load([REPO / "config/config.yaml", REPO / "config/scales/smoke.yaml"]))
 
 
 def copy_workflow(dst: Path) -> Path:

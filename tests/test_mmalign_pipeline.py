@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from .conftest import REPO, copy_workflow, with_ablations
-from mmablate.cli import _merge
+from mmablate.config import merge as _merge
 from mmablate.errors import ConfigError
 from mmablate.pipeline import Pipeline
 

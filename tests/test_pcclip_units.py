@@ -335,7 +335,7 @@ def test_shared_work_in_the_dag(smoke_config):
 def test_paper_config_is_valid_with_standins(tmp_path, smoke_config):
     import yaml
 
-    from mmablate.cli import _merge
+    from mmablate.config import merge as _merge
     from mmablate.pipeline import REPO, Pipeline
 
     cj, img_dir, ev = _coco_standin(tmp_path)

@@ -84,7 +84,7 @@ def test_explicit_ablations_override_plans():
     assert any("overrides the plans" in n and "003_" in n for n in P.notes)
 
 
-def test_new_plan_adds_and_conflicting_plan_is_refused(tmp_path):
+def test_new_plan_adds_and_a_second_plan_on_the_part_is_a_follow_up(tmp_path):
     d = tmp_path / "plans"
     d.mkdir()
     (d / "010_bigger_weight.md").write_text(NEW_PLAN, encoding="utf-8")
@@ -94,13 +94,22 @@ def test_new_plan_adds_and_conflicting_plan_is_refused(tmp_path):
     assert [(a.name, [r.value for r in a.rows]) for a in P.ablations] == \
         [("rankclip__rank_weight", [0.0625, 0.5])]
     assert P.ablations[0].metrics == ["zeroshot_top1", "zeroshot_top5"]
-    # the same part planned twice: an error naming both files and lines, nothing runs
+    # an earlier plan on the same part: 010's ablation becomes its own table beside 003's
     shutil.copy(plan_file := next(PLANS.glob("003_*.txt")), d / plan_file.name)
+    P = Pipeline(cfg, ["config/config.yaml"], write=False)
+    assert [a.name for a in P.ablations] == ["rankclip__rank_weight", "rankclip__decay",
+                                             "rankclip__rank_weight_p010"]
+    first, _, follow = P.ablations
+    assert [r.value for r in follow.rows] == [0.0625, 0.5]
+    assert follow.rows[0].config_hash == first.rows[2].config_hash  # the shared baseline: one job
+    assert P.planset.followups == {("rankclip", "rank_weight_p010"): str(d / plan_file.name)}
+    # one plan ablating the same part twice is still an error naming both lines
+    two = NEW_PLAN.replace("</div>", NEW_PLAN.split("\n", 2)[2].replace("</div>", "") + "</div>")
+    (d / "010_bigger_weight.md").write_text(two, encoding="utf-8")
     with pytest.raises(ConfigError) as e:
         Pipeline(cfg, ["config/config.yaml"], write=False)
-    msg = str(e.value)
-    assert "010_bigger_weight.md:5: conflict: ablation rankclip.rank_weight" in msg
-    assert f"{plan_file.name}:24" in msg
+    assert "010_bigger_weight.md:12: part rank_weight (loss.rank_weight) is already ablated at " \
+           "line 5" in str(e.value)
 
 
 def test_bad_plan_stops_the_pipeline(tmp_path):
@@ -154,11 +163,14 @@ def test_plan_check_exit_codes():
         assert f"{bad}:{line}:" in r.stderr and "nothing will run" in r.stderr
 
 
-def test_plan_check_new_file_conflict_and_show(tmp_path):
+def test_plan_check_follow_up_and_show(tmp_path):
     f = tmp_path / "mine.md"
     f.write_text(NEW_PLAN, encoding="utf-8")
-    r, _ = _cli("plan", "check", str(f))  # conflicts with config/plans/003 (same part)
-    assert r.returncode == 1 and "conflict" in r.stderr and "003_" in r.stderr
+    r, _ = _cli("plan", "check", str(f))  # a follow-up on config/plans/003's part
+    assert r.returncode == 0, r.stderr
+    assert "follow-up: rankclip__rank_weight_pmine is its own table, beside the one of 003_" \
+        in r.stdout
+    assert "rankclip_train ×1, rankclip_eval ×1" in r.stdout
     r, _ = _cli("plan", "show", str(next(PLANS.glob("004_*.txt"))))
     assert r.returncode == 0
     shown = yaml.safe_load(r.stdout)["studies"]["mmalign"]["ablations"]

@@ -13,7 +13,7 @@ from .conftest import REPO
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from mmablate.cli import _merge
+    from mmablate.config import merge as _merge
 
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))

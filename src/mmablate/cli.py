@@ -60,14 +60,10 @@ def cmd_figure(a):
 
 
 def cmd_check_config(a):
-    import yaml
-
+    from .config import load
     from .pipeline import Pipeline
 
-    cfg = {}
-    for f in a.configfiles:
-        _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
-    P = Pipeline(cfg, a.configfiles, write=False)
+    P = Pipeline(load(a.configfiles), a.configfiles, write=False)
     for note in P.notes:
         print(f"note: {note}")
     for ab in P.ablations:
@@ -76,14 +72,6 @@ def cmd_check_config(a):
             print(f"  {r.label:<14} {'baseline ' if r.is_baseline else '         '}{r.config_hash}")
     jobs = sum(len(v) for v in P.stages.values())
     print(f"{len(P.ablations)} ablations, {jobs} stage configs, seeds {P.seeds}")
-
-
-def _merge(base: dict, over: dict):
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
 
 
 def parser() -> argparse.ArgumentParser:

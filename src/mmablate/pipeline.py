@@ -23,15 +23,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .studies.spec import STUDY_IDS, STUDY_SPECS
 from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
-STUDIES = ("rankclip", "pcclip", "pairrank", "mmalign")
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
+# The studies that can run here: every described study (mmablate.studies.spec) whose package
+# is in this checkout.
+STUDIES = tuple(s for s in STUDY_IDS if (SRC / "studies" / s / "pipeline.py").is_file())
 
 
 def study_module(study: str):
     return importlib.import_module(f"mmablate.studies.{study}.pipeline")
+
+
+SEED = "{seed}"  # a Ref's seed: the same seed as the job that reads it
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An upstream job's main output, named by stage and config hash (and seed)."""
+    stage: str
+    h: str
+    seed: object = None  # None (not per seed) | int | SEED
 
 
 @dataclass
@@ -67,12 +81,14 @@ class Pipeline:
         self.config = config
         self.planset, self.notes = self._load_plans(plans)
         self.study_ablations = effective_ablations(config, self.planset)
-        validate(config, self.configfiles, self.study_ablations)
+        validate(config, self.configfiles, self.study_ablations, schema=False)
         self.scale = config["scale"]
         self.seeds = list(range(config["seeds"]))
         self.threads = config.get("threads", 1)
         self.results = results
         self.stages: dict[str, dict[str, dict]] = {}
+        # stage → hash → {input name: [Ref]}: the jobs whose outputs a job reads
+        self.needs: dict[str, dict[str, dict]] = {}
         self.ablations: list[Ablation] = []
         self.extra_targets: list[str] = []  # study-specific outputs (e.g. extra figures)
         for study in self.enabled_studies():
@@ -111,10 +127,42 @@ class Pipeline:
         return f"{' + '.join(self.configfiles)}: {key}"
 
     # ---- stages ----------------------------------------------------------------------------
-    def add_stage(self, stage: str, cfg: dict) -> str:
+    def add_stage(self, stage: str, cfg: dict, needs: dict | None = None) -> str:
+        """Registers the job of `stage` with resolved config `cfg`; returns its config hash.
+
+        `needs` names the upstream jobs it reads, by stage and hash (`Ref`s, or lists of them,
+        per input name): the rules' one input function (`inputs`) turns them into those jobs'
+        output files. The config itself carries whatever paths the stage's code opens."""
         h = config_hash(cfg)
         self.stages.setdefault(stage, {})[h] = cfg
+        if needs is not None:
+            clean = {k: [r for r in (v if isinstance(v, list) else [v]) if r is not None]
+                     for k, v in needs.items()}
+            clean = {k: v for k, v in clean.items() if v}
+            old = self.needs.setdefault(stage, {}).setdefault(h, clean)
+            if old != clean:  # the same config must read the same upstream jobs
+                raise RuntimeError(f"{stage} {h}: two different upstream sets: {old} / {clean}")
         return h
+
+    def ref(self, stage: str, h: str | None, seed=None):
+        """The output of job `h` of `stage` (None when there is no such job: a real path or
+        a skipped stage). `seed`: an int, SEED (the reading job's own seed) or None."""
+        return None if h is None else Ref(stage, h, seed)
+
+    def inputs(self, stage: str, h: str, seed=None) -> dict[str, list[str]]:
+        """The files a job of `stage` (config hash `h`, seed `seed`) reads from upstream jobs,
+        by input name: one input function serves every rule (workflow/rules/common.smk)."""
+        self.stage(stage, h)  # a clear error for an unknown job
+        out = {}
+        for name, refs in self.needs.get(stage, {}).get(h, {}).items():
+            paths = []
+            for r in refs:
+                s = (int(seed) if seed is not None else None) if r.seed == SEED else r.seed
+                p = self.output(r.stage, r.h, s)
+                if p not in paths:
+                    paths.append(p)
+            out[name] = paths
+        return out
 
     def stage(self, stage: str, h: str) -> dict:
         try:
@@ -127,13 +175,47 @@ class Pipeline:
         if path not in self.extra_targets:
             self.extra_targets.append(path)
 
+    def output(self, stage: str, h: str, seed=None) -> str:
+        """The main output file of job `h` of `stage` (of seed `seed` where per seed)."""
+        t = stage_outputs()[stage]
+        if ("{seed}" in t) != (seed is not None):
+            raise ValueError(f"{stage}: seed {seed!r} for output template {t!r}")
+        return f"{self.results}/" + t.format(h=h, seed=seed)
+
+    def output_pattern(self, stage: str) -> str:
+        """The rule's output pattern of `stage`, with the {h} (and {seed}) wildcards."""
+        return f"{self.results}/" + stage_outputs()[stage]
+
+    def job_of(self, path: str):
+        """(stage, hash, seed or None) of the job whose main output is `path`, else None."""
+        import re
+
+        for stage, t in stage_outputs().items():
+            rx = re.escape(f"{self.results}/" + t).replace(r"\{h\}", r"(?P<h>[0-9a-f]+)")
+            rx = rx.replace(r"\{seed\}", r"(?P<seed>\d+)")
+            m = re.fullmatch(rx, path)
+            if m:
+                return stage, m["h"], int(m["seed"]) if "seed" in m.groupdict() else None
+        return None
+
     def config_path(self, stage: str, h: str) -> str:
         return f"{self.results}/configs/{stage}/{h}.json"
 
     def world(self, world_cfg: dict) -> str:
         """Registers a world-generation stage; returns its output directory."""
-        h = self.add_stage("world", world_cfg)
-        return f"{self.results}/world/{h}"
+        return self.stage_dir("world", self.add_stage("world", world_cfg))
+
+    def stage_dir(self, stage: str, h: str) -> str:
+        """The directory holding job `h`'s outputs (`<results>/<study>/<name>/<hash>`)."""
+        t = stage_outputs()[stage]
+        return f"{self.results}/" + t[:t.index("{h}")] + h
+
+    def hash_of_dir(self, stage: str, path: str) -> str | None:
+        """The hash of the `stage` job whose directory `path` is or lies in, else None."""
+        prefix = self.stage_dir(stage, "")
+        if not path.startswith(prefix):
+            return None
+        return path[len(prefix):].split("/")[0] or None
 
     # ---- ablations -------------------------------------------------------------------------
     def _plan_study(self, study: str):
@@ -201,6 +283,28 @@ class Pipeline:
         return out + self.extra_targets
 
 
+def configfile_order(configfiles, default: str) -> list[str]:
+    """The config files in merge order: Snakemake lists `--configfile` overlays before the
+    Snakefile's own `configfile:`, which is merged first (the overlays override it)."""
+    files = [str(f) for f in configfiles]
+    d = (REPO / default).resolve()
+    first = [f for f in files if Path(f).resolve() == d or Path(f).resolve() == Path(default).resolve()]
+    return (first or [default]) + [f for f in files if f not in first]
+
+
+WORLD_OUTPUTS = {"world": "world/{h}/summary.json"}
+
+
+def stage_outputs() -> dict:
+    """stage → its job's main output relative to the results dir: the shared world's and each
+    available study's `stages` (mmablate.studies.spec; the rules' `output:` restate them, a
+    test checks)."""
+    out = dict(WORLD_OUTPUTS)
+    for study in STUDIES:
+        out.update(STUDY_SPECS[study].stages)
+    return out
+
+
 def sources(*names: str) -> list[str]:
     """Source files (relative to the repo) that a stage's output depends on."""
     out = []
@@ -236,23 +340,77 @@ def schema_path() -> Path:
     return REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def validate_schema(config: dict, configfiles=("<config>",)) -> None:
+_SCHEMA: dict = {}  # (path, mtime, size) → (schema, validator): read once per process
+
+
+def load_schema() -> dict:
+    """The config schema (YAML; shared property sets are anchors merged with `<<:`)."""
+    return _schema_validator()[0]
+
+
+def _schema_validator():
     import jsonschema
     import yaml
 
+    p = schema_path()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _SCHEMA:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        schema = yaml.load(p.read_text(), Loader=loader)
+        _SCHEMA.clear()
+        _SCHEMA[key] = (schema, jsonschema.Draft202012Validator(schema))
+    return _SCHEMA[key]
+
+
+def _dotted(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top>"
+
+
+def schema_errors(config: dict, configfiles=("<config>",)) -> list[str]:
+    """One line per schema violation: the dotted key, what is wrong, and which of the config
+    files set it (when there are several and they exist)."""
+    from .config import origins
+
+    files = [str(c) for c in configfiles]
+    real = [f for f in files if Path(f).is_file()]
+    lines = []
+    errors = sorted(_schema_validator()[1].iter_errors(config),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    for e in errors:
+        path = list(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            known = sorted(e.schema.get("properties", {}))
+            extra = [k for k in e.instance if k not in e.schema.get("properties", {})]
+            for k in extra:
+                at = origins(real, path + [k]) if len(real) > 1 else []
+                lines.append(f"{_dotted(path + [k])}: unknown key"
+                             + (f" (set in {', '.join(at)})" if at else "")
+                             + f"; known keys of {_dotted(path)}: {known}")
+            continue
+        at = origins(real, path)[-1:] if len(real) > 1 and path else []  # the file that wins
+        msg = e.message if len(e.message) < 300 else e.message[:300] + " ..."
+        lines.append(f"{_dotted(path)}: {msg}" + (f" (set in {', '.join(at)})" if at else ""))
+    return lines
+
+
+def validate_schema(config: dict, configfiles=("<config>",)) -> None:
     where = " + ".join(str(c) for c in configfiles)
-    schema = yaml.safe_load(schema_path().read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config),
-                    key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}"
-                 for e in errors[:10]]
-        raise ConfigError(f"{where}: invalid config:\n" + "\n".join(lines))
+    lines = schema_errors(config, configfiles)
+    if lines:
+        shown = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
+        raise ConfigError(f"{where}: invalid config:\n" + "\n".join(f"  {x}" for x in shown))
 
 
-def validate(config: dict, configfiles=("<config>",), ablations: dict | None = None) -> None:
-    """Schema + each enabled study's checks; `ablations` (study → list) defaults to the config's."""
-    validate_schema(config, configfiles)
+def validate(config: dict, configfiles=("<config>",), ablations: dict | None = None,
+             schema: bool = True) -> None:
+    """Schema (unless `schema` is False: the caller checked it) + each enabled study's checks;
+    `ablations` (study → list) defaults to the config's."""
+    if schema:
+        validate_schema(config, configfiles)
     where = " + ".join(str(c) for c in configfiles)
     for study, scfg in config["studies"].items():
         if study not in STUDIES:

@@ -6,9 +6,14 @@ SRC_DIR = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC_DIR)
 # Jobs run this workflow's own package, whether or not (or wherever) it is pip-installed.
 shell.prefix(f'export PYTHONPATH="{SRC_DIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
-from mmablate.pipeline import Pipeline, sources
+from mmablate.errors import MMAblateError
+from mmablate.pipeline import Pipeline, configfile_order, sources
 
-P = Pipeline(config, workflow.configfiles or ["config/config.yaml"])
+try:
+    P = Pipeline(config, configfile_order(workflow.configfiles, "config/config.yaml"))
+except MMAblateError as _e:  # a config error: the message names file(s) and key; no traceback
+    print(f"error: {_e}", file=sys.stderr)
+    sys.exit(1)
 for _note in P.notes:  # plans skipped (study disabled / not in this checkout) or overridden
     print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results
@@ -51,11 +56,8 @@ def stage_input(stage):
     return lambda w: P.config_path(stage, w.h)
 
 
-def world_input(stage):
-    """The world summary a job of `stage` needs (nothing when its data are real files)."""
-
-    def f(w):
-        root = P.stage(stage, w.h)["data"]["root"]
-        return [f"{root}/summary.json"] if root.startswith(f"{R}/world/") else []
-
-    return f
+def upstream(stage):
+    """The one input function of every rule: the outputs of the jobs a job of `stage` reads,
+    by input name, as its stage config named them (stage + hash: mmablate.pipeline.Ref).
+    Use as `unpack(upstream("<stage>"))`."""
+    return lambda w: P.inputs(stage, w.h, getattr(w, "seed", None))

@@ -16,10 +16,10 @@ rule mmalign_data:
 
 rule mmalign_sft:
     input:
+        unpack(upstream("mmalign_sft")),
         cfg=stage_input("mmalign_sft"),
-        world=lambda w: [str(Path(P.stage("mmalign_sft", w.h)["data"]["file"]).parent.parent
-                             / "summary.json")],
-        src=sources(f"{MMA_SRC}/sft.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "training"),
+        src=sources(f"{MMA_SRC}/sft.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "training",
+                    "data/imagetext.py", "world/scenes.py", "world/vqa.py"),
     output:
         f"{R}/mmalign/sft/{{h}}/summary.json",
     log:
@@ -41,11 +41,11 @@ rule mmalign_sft:
 
 rule mmalign_bdhs:
     input:
+        unpack(upstream("mmalign_bdhs")),
         cfg=stage_input("mmalign_bdhs"),
-        world=mmalign_world_input("mmalign_bdhs"),
-        sft=mmalign_sft_input("mmalign_bdhs"),
         src=sources(f"{MMA_SRC}/bdhs.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/judge.py",
-                    f"{MMA_SRC}/data.py"),
+                    f"{MMA_SRC}/data.py", "data/imagetext.py", "training/schedule.py",
+                    "world/scenes.py", "world/vqa.py"),
     output:
         f"{R}/mmalign/bdhs/{{h}}/bdhs.jsonl",
     log:
@@ -65,12 +65,11 @@ rule mmalign_bdhs:
 
 rule mmalign_dpo:
     input:
+        unpack(upstream("mmalign_dpo")),
         cfg=stage_input("mmalign_dpo"),
-        world=mmalign_world_input("mmalign_dpo"),
-        sft=mmalign_sft_input("mmalign_dpo"),
-        bdhs=mmalign_bdhs_input,
         src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py",
-                    f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "world/vqa.py"),
+                    f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "world/vqa.py",
+                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",
     log:
@@ -91,11 +90,11 @@ rule mmalign_dpo:
 
 rule mmalign_eval:
     input:
+        unpack(upstream("mmalign_eval")),
         cfg=stage_input("mmalign_eval"),
-        world=mmalign_world_input("mmalign_eval"),
-        sft=mmalign_sft_input("mmalign_eval"),
         src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
-                    f"{MMA_SRC}/data.py", "world/vqa.py"),
+                    f"{MMA_SRC}/data.py", "world/vqa.py", "data/imagetext.py",
+                    "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/mmalign/eval/{{h}}/metrics.json",
     log:

@@ -16,9 +16,10 @@ rule pairrank_world:
 
 rule pairrank_base:
     input:
+        unpack(upstream("pairrank_base")),
         cfg=stage_input("pairrank_base"),
-        up=pairrank_in("pairrank_base"),
-        src=sources("studies/pairrank/diffusion.py", "data/pickapic.py", "models", "training"),
+        src=sources("studies/pairrank/diffusion.py", "data/pickapic.py", "models", "training",
+                    "world/scenes.py"),
     output:
         f"{R}/pairrank/base/{{h}}/t2i.json",
     log:
@@ -40,9 +41,11 @@ rule pairrank_base:
 
 rule pairrank_reward:
     input:
+        unpack(upstream("pairrank_reward")),
         cfg=stage_input("pairrank_reward"),
-        up=pairrank_in("pairrank_reward"),
-        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models"),
+        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
+                    "studies/pairrank/diffusion.py", "training/checkpoint.py",
+                    "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/reward/{{h}}/model.pt",
     log:
@@ -63,9 +66,11 @@ rule pairrank_reward:
 
 rule pairrank_score:
     input:
+        unpack(upstream("pairrank_score")),
         cfg=stage_input("pairrank_score"),
-        up=pairrank_in("pairrank_score"),
-        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models"),
+        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
+                    "studies/pairrank/diffusion.py", "training/checkpoint.py",
+                    "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/score/{{h}}/scores.npz",
     log:
@@ -85,8 +90,8 @@ rule pairrank_score:
 
 rule pairrank_select:
     input:
+        unpack(upstream("pairrank_select")),
         cfg=stage_input("pairrank_select"),
-        up=pairrank_in("pairrank_select"),
         src=sources("studies/pairrank/selection.py", "data/pickapic.py"),
     output:
         f"{R}/pairrank/select/{{h}}/selection.json",
@@ -102,10 +107,10 @@ rule pairrank_select:
 
 rule pairrank_dpo:
     input:
+        unpack(upstream("pairrank_dpo")),
         cfg=stage_input("pairrank_dpo"),
-        up=pairrank_in("pairrank_dpo"),
         src=sources("studies/pairrank/dpo.py", "studies/pairrank/diffusion.py", "data/pickapic.py",
-                    "training"),
+                    "training", "models/clip.py", "models/tokenizer.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/dpo/{{h}}/s{{seed}}/lora/adapter.pt",
     log:
@@ -126,10 +131,13 @@ rule pairrank_dpo:
 
 rule pairrank_eval:
     input:
+        unpack(upstream("pairrank_eval")),
         cfg=stage_input("pairrank_eval"),
-        up=pairrank_in("pairrank_eval"),
         src=sources("studies/pairrank/evaluate.py", "studies/pairrank/rewards.py",
-                    "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py", "world/preference.py"),
+                    "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py",
+                    "world/preference.py", "data/pickapic.py", "models/clip.py",
+                    "models/tokenizer.py", "training/checkpoint.py", "training/schedule.py",
+                    "world/scenes.py"),
     output:
         json=f"{R}/pairrank/eval/{{h}}/s{{seed}}/metrics.json",
         grid=report(f"{R}/pairrank/eval/{{h}}/s{{seed}}/samples.png",
@@ -152,9 +160,10 @@ rule pairrank_eval:
 
 rule pairrank_distfig:
     input:
+        unpack(upstream("pairrank_distfig")),
         cfg=stage_input("pairrank_distfig"),
-        up=pairrank_in("pairrank_distfig"),
-        src=sources("studies/pairrank/figures.py", "studies/pairrank/selection.py"),
+        src=sources("studies/pairrank/figures.py", "studies/pairrank/selection.py",
+                    "data/pickapic.py", "studies/spec.py"),
     output:
         png=report(f"{R}/pairrank/distfig/{{h}}/quality_distributions.png",
                    caption="../report/pairrank_distributions.rst", category="Figures",

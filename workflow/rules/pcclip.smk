@@ -16,9 +16,10 @@ rule pcclip_pairs:
 
 rule pcclip_captioner:
     input:
+        unpack(upstream("pcclip_captioner")),
         cfg=stage_input("pcclip_captioner"),
-        pairs=pcclip_pairs_of("pcclip_captioner"),
-        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py", "training"),
+        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py", "training",
+                    "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/captioner/{{h}}/summary.json",
     log:
@@ -40,10 +41,10 @@ rule pcclip_captioner:
 
 rule pcclip_captions:
     input:
+        unpack(upstream("pcclip_captions")),
         cfg=stage_input("pcclip_captions"),
-        pairs=pcclip_pairs_of("pcclip_captions"),
-        captioner=pcclip_captioner_of,
-        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py"),
+        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py",
+                    "training/schedule.py", "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/captions/{{h}}/captions.csv",
     log:
@@ -63,10 +64,11 @@ rule pcclip_captions:
 
 rule pcclip_embed:
     input:
+        unpack(upstream("pcclip_embed")),
         cfg=stage_input("pcclip_embed"),
-        pairs=pcclip_pairs_of("pcclip_embed"),
-        base=pcclip_base("pcclip_embed"),
-        src=sources("studies/pcclip/finetune.py", "studies/pcclip/data.py", "models"),
+        src=sources("studies/pcclip/finetune.py", "studies/pcclip/data.py", "models",
+                    "data/imagetext.py", "studies/pcclip/losses.py", "training/checkpoint.py",
+                    "training/schedule.py", "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/embed/{{h}}/s{{seed}}/embeddings.pt",
     log:
@@ -86,12 +88,11 @@ rule pcclip_embed:
 
 rule pcclip_finetune:
     input:
-        unpack(pcclip_finetune_inputs),
+        unpack(upstream("pcclip_finetune")),
         cfg=stage_input("pcclip_finetune"),
-        pairs=pcclip_pairs_of("pcclip_finetune"),
-        base=pcclip_base("pcclip_finetune"),
         src=sources("studies/pcclip/finetune.py", "studies/pcclip/losses.py",
-                    "studies/pcclip/data.py", "models", "training"),
+                    "studies/pcclip/data.py", "models", "training", "data/imagetext.py",
+                    "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/finetune/{{h}}/s{{seed}}/model.pt",
     params:
@@ -115,13 +116,12 @@ rule pcclip_finetune:
 
 rule pcclip_eval:
     input:
-        unpack(pcclip_eval_inputs),
+        unpack(upstream("pcclip_eval")),
         cfg=stage_input("pcclip_eval"),
-        pairs=pcclip_pairs_of("pcclip_eval"),
-        base=pcclip_base("pcclip_eval"),
         src=sources("studies/pcclip/evaluate.py", "studies/pcclip/finetune.py",
                     "studies/pcclip/losses.py", "studies/pcclip/data.py", "metrics/zeroshot.py",
-                    "models", "data/imagetext.py"),
+                    "models", "data/imagetext.py", "training/checkpoint.py",
+                    "training/schedule.py", "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/eval/{{h}}/s{{seed}}/metrics.json",
     params:

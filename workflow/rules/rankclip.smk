@@ -1,9 +1,10 @@
 rule rankclip_train:
     input:
+        unpack(upstream("rankclip_train")),
         cfg=stage_input("rankclip_train"),
-        world=world_input("rankclip_train"),
-        src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py",
-                    "models", "data/imagetext.py", "training"),
+        src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py", "models",
+                    "data/imagetext.py", "training", "studies/rankclip/losses_meta.py",
+                    "world/scenes.py"),
     output:
         f"{R}/rankclip/train/{{h}}/s{{seed}}/model.pt",
     log:
@@ -25,10 +26,10 @@ rule rankclip_train:
 
 rule rankclip_eval:
     input:
+        unpack(upstream("rankclip_eval")),
         cfg=stage_input("rankclip_eval"),
-        model=lambda w: f"{R}/rankclip/train/{P.stage('rankclip_eval', w.h)['train']}/s{w.seed}/model.pt",
         src=sources("studies/rankclip/evaluate.py", "metrics/zeroshot.py", "models",
-                    "data/imagetext.py"),
+                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/rankclip/eval/{{h}}/s{{seed}}/metrics.json",
     log:

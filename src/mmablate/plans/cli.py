@@ -61,18 +61,8 @@ def cmd_check(a) -> int:
     return rc
 
 
-def _load_config(files) -> dict:
-    import yaml
-
-    from ..cli import _merge
-
-    cfg = {}
-    for f in files:
-        _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
-    return cfg
-
-
 def _check_one(path: Path, config_files) -> int:
+    from ..config import load
     from ..errors import ConfigError
     from ..pipeline import REPO, STUDIES, Pipeline, plans_dir
     from .load import load_plans, plan_files
@@ -105,7 +95,7 @@ def _check_one(path: Path, config_files) -> int:
 
     cfg_files = config_files or [str(REPO / "config" / "config.yaml")]
     try:
-        cfg = _load_config(cfg_files)
+        cfg = load(cfg_files)
         scfg = cfg["studies"].get(plan.study)
         if scfg is None:
             print(f"note: the config has no studies.{plan.study} block; the plan cannot run")
@@ -130,7 +120,16 @@ def _check_one(path: Path, config_files) -> int:
         print(f"error: {path}: the pipeline refuses this plan:\n{e}", file=sys.stderr)
         return EXIT_BAD
 
-    mine = {f"{plan.study}__{ab.id}" for ab in plan.ablations}
+    # this plan's ablations as the pipeline names them (a follow-up on a part an earlier plan
+    # ablates is its own table, `<part>_p<plan>`)
+    rpath = path.resolve()
+    ids = {aid for (st, aid), src in P1.planset.origins.items()
+           if st == plan.study and Path(src).resolve() == rpath}
+    mine = {f"{plan.study}__{aid}" for aid in ids}
+    for (st, aid), earlier in P1.planset.followups.items():
+        if st == plan.study and aid in ids:
+            print(f"follow-up: {plan.study}__{aid} is its own table, beside the one of "
+                  f"{Path(earlier).name} (same part)")
     by_hash = {}
     for ab in P1.ablations:
         for r in ab.rows:
@@ -148,8 +147,20 @@ def _check_one(path: Path, config_files) -> int:
             tag = "baseline" if r.is_baseline else "        "
             dd = f"   dedupes with {'; '.join(same)}" if same else ""
             print(f"    {r.label:<14} {tag} {r.config_hash}{dd}")
-    new = {st: len(set(hs) - set(P0.stages.get(st, {}))) for st, hs in P1.stages.items()}
-    new = {st: n for st, n in new.items() if n}
+    jobs = new_jobs(P0, P1)
+    counts = {}
+    for st, _ in jobs:
+        counts[st] = counts.get(st, 0) + 1
     print("new stage jobs this plan adds to the DAG (each runs once per seed where seeded): "
-          + (", ".join(f"{st} ×{n}" for st, n in new.items()) or "none (all dedupe)"))
+          + (", ".join(f"{st} ×{n}" for st, n in counts.items()) or "none (all dedupe)"))
+    for st, h in jobs:
+        print(f"  new job: {P1.output(st, h, '{seed}') if '{seed}' in P1.output_pattern(st) else P1.output(st, h)}")
+    new_tables = [a.name for a in P1.ablations if a.name in mine]
+    if new_tables:
+        print("tables: " + ", ".join(f"{P1.results}/tables/{n}.md" for n in new_tables))
     return EXIT_OK
+
+
+def new_jobs(P0, P1) -> list[tuple[str, str]]:
+    """(stage, config hash) of every stage job P1 has and P0 has not, in P1's order."""
+    return [(st, h) for st, hs in P1.stages.items() for h in hs if h not in P0.stages.get(st, {})]

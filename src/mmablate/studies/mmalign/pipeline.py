@@ -13,27 +13,12 @@ from __future__ import annotations
 import math
 
 from ...errors import ConfigError
+from ..spec import MMALIGN as SPEC
 
-TITLE = "Understanding Alignment in Multimodal LLMs (BDHS, Mixed-DPO)"
-ABLATABLE = {
-    "bdhs.gamma": "γ: weight of the external non-preferred response in the averaged DPO loss "
-                  "(1 − γ on the BDHS one), Eq. 5",
-    "mixed_dpo.p": "p: probability that an example is its offline pair (else an online pair "
-                   "sampled from the policy and ranked by the judge), Eq. 4",
-}
-_W = "world "  # the world versions of the benchmarks are labelled as such
-METRICS = {
-    "pope": {"label": "POPE F1 (avg of 3 splits)", "unit": "%", "higher_is_better": True},
-    "pope_acc": {"label": "POPE accuracy", "unit": "%", "higher_is_better": True},
-    "pope_yes_ratio": {"label": "POPE yes-ratio", "unit": "%", "higher_is_better": False},
-    "mmhal": {"label": "MMHAL score (0-6)", "unit": "", "higher_is_better": True},
-    "mmhalv": {"label": "MMHALv hallucination rate", "unit": "%", "higher_is_better": False},
-    "llavaw": {"label": "LLaVA-W relative score", "unit": "%", "higher_is_better": True},
-    "vqat": {"label": "VQA-T accuracy", "unit": "%", "higher_is_better": True},
-    "gqa": {"label": "GQA accuracy", "unit": "%", "higher_is_better": True},
-    "mmvet": {"label": "MM-Vet score", "unit": "%", "higher_is_better": True},
-    "recall_coco": {"label": "Recall-coco (object recall)", "unit": "%", "higher_is_better": True},
-}
+TITLE = SPEC.caption
+ABLATABLE = SPEC.ablatable
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 
@@ -92,8 +77,7 @@ def label(key: str, value, scfg: dict | None = None) -> str:
 # ---- stages --------------------------------------------------------------------------------
 def _world(P, scfg):
     """(data dir, benchmark paths, pairs, scenes) of the world, registering its stage."""
-    h = P.add_stage("mmalign_data", scfg["data"]["world"])
-    d = f"{P.results}/mmalign/data/{h}"
+    d = P.stage_dir("mmalign_data", P.add_stage("mmalign_data", scfg["data"]["world"], needs={}))
     I = f"{d}/images"
     bench = {
         "pope": {"files": {sp: f"{d}/pope/coco_pope_{sp}.json" for sp in POPE_SPLITS}, "images": I},
@@ -117,8 +101,9 @@ def resolved(P, scfg):
                                                       if k != "seed"},
                "model": scfg["model"]["tiny"], "colours": w["colours"], "shapes": w["shapes"],
                "data": {"file": f"{d}/sft/llava_instruct.json", "images": f"{d}/images"}}
-        sh = P.add_stage("mmalign_sft", sft)
-        base = f"{P.results}/mmalign/sft/{sh}/model"
+        sh = P.add_stage("mmalign_sft", sft,
+                         needs={"world": P.ref("mmalign_data", P.hash_of_dir("mmalign_data", d))})
+        base = f"{P.stage_dir('mmalign_sft', sh)}/model"
     else:
         sh, bench, scenes = None, scfg["eval"]["benchmarks"], None
         pairs = scfg["data"]["pairs"]
@@ -132,10 +117,17 @@ def eval_config(scfg, bench, scenes) -> dict:
     return {**e, "benchmarks": bench, "judge": scfg["judge"], "scenes": scenes}
 
 
+def _needs(P, sh, scenes) -> dict:
+    """The world data (where the scenes are the world's) and the SFT base a job reads."""
+    dh = P.hash_of_dir("mmalign_data", scenes) if scenes else None
+    return {"world": P.ref("mmalign_data", dh), "sft": P.ref("mmalign_sft", sh)}
+
+
 def bdhs_config(P, scfg, base, sh, pairs, scenes) -> str:
     b = {k: v for k, v in scfg["bdhs"].items() if k != "gamma"}  # γ only weights the loss
     return P.add_stage("mmalign_bdhs", {"reference": base, "sft": sh, "pairs": pairs, "bdhs": b,
-                                        "seed": scfg["bdhs"]["seed"], "scenes": scenes})
+                                        "seed": scfg["bdhs"]["seed"], "scenes": scenes},
+                       needs=_needs(P, sh, scenes))
 
 
 def variant(P, vcfg: dict):
@@ -143,12 +135,13 @@ def variant(P, vcfg: dict):
     gamma = vcfg["bdhs"]["gamma"]
     bh = bdhs_config(P, vcfg, base, sh, pairs, scenes) if gamma < 1 else None
     cfg = {"model": {"base": base, "lora": vcfg["model"].get("lora")}, "sft": sh, "bdhs_stage": bh,
-           "bdhs_file": f"{P.results}/mmalign/bdhs/{bh}/bdhs.jsonl" if bh else None,
+           "bdhs_file": P.output("mmalign_bdhs", bh) if bh else None,
            "pairs": pairs, "bdhs": {"gamma": gamma}, "mixed_dpo": vcfg["mixed_dpo"],
            "dpo": vcfg["dpo"], "train": vcfg["train"], "judge": vcfg["judge"], "scenes": scenes,
            "eval": eval_config(vcfg, bench, scenes)}
-    h = P.add_stage("mmalign_dpo", cfg)
-    return h, {s: f"{P.results}/mmalign/dpo/{h}/s{s}/metrics.json" for s in P.seeds}
+    h = P.add_stage("mmalign_dpo", cfg,
+                    needs={**_needs(P, sh, scenes), "bdhs": P.ref("mmalign_bdhs", bh)})
+    return h, {s: P.output("mmalign_dpo", h, s) for s in P.seeds}
 
 
 def references(P, scfg):
@@ -156,7 +149,9 @@ def references(P, scfg):
     from ...pipeline import Row
 
     base, sh, bench, _, scenes = resolved(P, scfg)
-    h = P.add_stage("mmalign_eval", {"model": base, "sft": sh, "eval": eval_config(scfg, bench, scenes)})
+    h = P.add_stage("mmalign_eval", {"model": base, "sft": sh,
+                                     "eval": eval_config(scfg, bench, scenes)},
+                    needs=_needs(P, sh, scenes))
     return [Row("base (SFT)" if sh else "base", None, False, h,
-                {0: f"{P.results}/mmalign/eval/{h}/metrics.json"}, kind="reference")]
+                {0: P.output("mmalign_eval", h)}, kind="reference")]
 

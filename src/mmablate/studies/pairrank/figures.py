@@ -13,8 +13,11 @@ def distribution_figure(cfg: dict, out_png) -> None:
     import matplotlib.pyplot as plt
 
     from ...util import read_json
-    from .pipeline import QUALITY_LABELS, THRESHOLD_LABELS
+    from ..spec import PAIRRANK
     from .selection import quality
+
+    QUALITY_LABELS = PAIRRANK.labels("selection.quality")
+    THRESHOLD_LABELS = PAIRRANK.labels("selection.threshold")
 
     by_q: dict[str, list] = {}
     for key, path in sorted(cfg["selections"].items()):

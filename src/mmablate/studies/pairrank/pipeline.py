@@ -17,24 +17,16 @@ import math
 
 from ...errors import ConfigError
 from ...util import get_path
+from ..spec import PAIRRANK as SPEC
 
-TITLE = "Effective Text-to-Image Alignment with Quality Aware Pair Ranking"
-QUALITY_LABELS = {"product": "ψw·(1−ψl)", "difference": "ψw−ψl", "ratio": "ψw/(ψl+ε)"}
-THRESHOLD_LABELS = {"fixed": "fixed top 5.33%", "dynamic": "dynamic (Otsu split)",
-                    "adaptive": "adaptive (validation)"}
-ABLATABLE = {
-    "selection.quality": "quality metric Q used to rank preference pairs",
-    "selection.threshold": "how many of the ranked pairs are kept for Diffusion-DPO",
-}
+TITLE = SPEC.caption
+QUALITY_LABELS = SPEC.labels("selection.quality")
+THRESHOLD_LABELS = SPEC.labels("selection.threshold")
+ABLATABLE = SPEC.ablatable
 REAL_NAMES = {"aesthetic": "Aesthetic Score", "image_reward": "ImageReward",
-              "pickscore": "PickScore", "hpsv2": "HPSv2"}
-METRICS = {
-    "aesthetic": {"label": "Aesthetic (world twin)", "unit": "", "higher_is_better": True},
-    "image_reward": {"label": "ImageReward (world twin)", "unit": "", "higher_is_better": True},
-    "pickscore": {"label": "PickScore (world twin)", "unit": "", "higher_is_better": True},
-    "hpsv2": {"label": "HPSv2 (world twin)", "unit": "", "higher_is_better": True},
-    "oracle": {"label": "World oracle colour alignment", "unit": "%", "higher_is_better": True},
-}
+              "pickscore": "PickScore", "hpsv2": "HPSv2"}  # the paper scale's column labels
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
 EVAL_METRICS = ("aesthetic", "image_reward", "pickscore", "hpsv2")
 
 
@@ -123,9 +115,17 @@ def label(key: str, value, scfg: dict | None = None) -> str:
 
 
 # ---- stages --------------------------------------------------------------------------------
+# Each stage config carries the paths its code opens; its `needs` name the jobs that write them
+# (by stage and hash), which is what the rules' one input function reads.
 def _world(P, scfg):
-    h = P.add_stage("pairrank_world", scfg["world"])
-    return f"{P.results}/pairrank/world/{h}"
+    return P.stage_dir("pairrank_world", P.add_stage("pairrank_world", scfg["world"], needs={}))
+
+
+def world_ref(P, scfg):
+    """The preference-pair world job (None with real data files)."""
+    if scfg["data"]["source"] != "world":
+        return None
+    return P.ref("pairrank_world", P.hash_of_dir("pairrank_world", _world(P, scfg)))
 
 
 def data_paths(P, scfg) -> dict:
@@ -137,69 +137,104 @@ def data_paths(P, scfg) -> dict:
     return {"pairs": scfg["data"]["pairs"], "prompts": scfg["data"]["prompts"]}
 
 
-def clip_block(P, scfg) -> dict:
-    """The world CLIP (rankclip's stage with λ = 0: a plain CLIP-loss model, shared)."""
+def _clip(P, scfg):
+    """(block, ref): the world CLIP (rankclip's stage with λ = 0: a plain CLIP-loss model,
+    shared) of seed `clip_seed`."""
     from ..rankclip.pipeline import train_config
 
     rcfg = copy.deepcopy(P.config["studies"]["rankclip"])
     rcfg["loss"]["rank_weight"] = 0
     h, _ = train_config(P, rcfg)
-    return {"model": rcfg["model"], "weights": f"{P.results}/rankclip/train/{h}/s{scfg['clip_seed']}/model.pt"}
+    seed = scfg["clip_seed"]
+    return ({"model": rcfg["model"], "weights": P.output("rankclip_train", h, seed)},
+            P.ref("rankclip_train", h, seed))
+
+
+def clip_block(P, scfg) -> dict:
+    return _clip(P, scfg)[0]
+
+
+def _model(P, scfg):
+    """(block, ref): the base text-to-image model (the world UNet pretrained here, or SD)."""
+    m = scfg["model"]
+    if m["kind"] == "sd":
+        return {"kind": "sd", "pretrained": m["pretrained"]}, None
+    d = data_paths(P, scfg)
+    clip, clip_ref = _clip(P, scfg)
+    h = P.add_stage("pairrank_base", {"unet": m["unet"], "scheduler": m["scheduler"],
+                                      "train": m["train"], "seed": m["seed"],
+                                      "data": d["pretrain"], "text_encoder": clip},
+                    needs={"up": [world_ref(P, scfg), clip_ref]})
+    return {"kind": "world", "dir": P.stage_dir("pairrank_base", h)}, P.ref("pairrank_base", h)
 
 
 def model_block(P, scfg) -> dict:
-    m = scfg["model"]
-    if m["kind"] == "sd":
-        return {"kind": "sd", "pretrained": m["pretrained"]}
+    return _model(P, scfg)[0]
+
+
+def _reward(P, scfg, kind: str):
+    """(block, ref) of reward model `kind`: a world twin trained here, or the published one."""
+    r = scfg["rewards"]
+    if r["source"] == "paper":
+        return {"source": "paper", "kind": kind, **r["paper"][kind]}, None
     d = data_paths(P, scfg)
-    h = P.add_stage("pairrank_base", {"unet": m["unet"], "scheduler": m["scheduler"],
-                                      "train": m["train"], "seed": m["seed"],
-                                      "data": d["pretrain"], "text_encoder": clip_block(P, scfg)})
-    return {"kind": "world", "dir": f"{P.results}/pairrank/base/{h}"}
+    clip, clip_ref = _clip(P, scfg)
+    cfg = {"kind": kind, "seed": r["seed"], "train": r["train"][kind], "clip": clip,
+           "data": d["aesthetic"] if kind == "aesthetic" else d["reward_pairs"]}
+    h = P.add_stage("pairrank_reward", cfg, needs={"up": [clip_ref, world_ref(P, scfg)]})
+    return {"source": "twin", "path": P.output("pairrank_reward", h)}, P.ref("pairrank_reward", h)
 
 
 def reward_block(P, scfg, kind: str) -> dict:
-    r = scfg["rewards"]
-    if r["source"] == "paper":
-        return {"source": "paper", "kind": kind, **r["paper"][kind]}
+    return _reward(P, scfg, kind)[0]
+
+
+def _scores(P, scfg):
     d = data_paths(P, scfg)
-    cfg = {"kind": kind, "seed": r["seed"], "train": r["train"][kind], "clip": clip_block(P, scfg),
-           "data": d["aesthetic"] if kind == "aesthetic" else d["reward_pairs"]}
-    h = P.add_stage("pairrank_reward", cfg)
-    return {"source": "twin", "path": f"{P.results}/pairrank/reward/{h}/model.pt"}
+    reward, reward_ref = _reward(P, scfg, scfg["rewards"]["psi"])
+    h = P.add_stage("pairrank_score", {"pairs": d["pairs"], "reward": reward},
+                    needs={"up": [world_ref(P, scfg), reward_ref]})
+    return P.output("pairrank_score", h), P.ref("pairrank_score", h)
 
 
 def scores_path(P, scfg) -> str:
-    d = data_paths(P, scfg)
-    h = P.add_stage("pairrank_score", {"pairs": d["pairs"],
-                                       "reward": reward_block(P, scfg, scfg["rewards"]["psi"])})
-    return f"{P.results}/pairrank/score/{h}/scores.npz"
+    return _scores(P, scfg)[0]
 
 
-def _select(P, scfg, threshold, top_fraction, val=None) -> str:
+def _select(P, scfg, threshold, top_fraction, val=None, val_refs=()) -> str:
     sel = scfg["selection"]
-    cfg = {"pairs": data_paths(P, scfg)["pairs"], "scores": scores_path(P, scfg),
+    scores, scores_ref = _scores(P, scfg)
+    cfg = {"pairs": data_paths(P, scfg)["pairs"], "scores": scores,
            "quality": sel["quality"], "threshold": threshold, "eps": sel["eps"],
            "top_fraction": top_fraction if threshold in ("fixed",) else None,
            "val": val}
-    h = P.add_stage("pairrank_select", cfg)
-    return f"{P.results}/pairrank/select/{h}/selection.json"
+    h = P.add_stage("pairrank_select", cfg,
+                    needs={"up": [world_ref(P, scfg), scores_ref, *val_refs]})
+    return P.output("pairrank_select", h)
 
 
 def _dpo(P, scfg, selection, train) -> tuple[str, str]:
-    h = P.add_stage("pairrank_dpo", {"model": model_block(P, scfg), "selection": selection,
-                                     "train": train})
-    return h, f"{P.results}/pairrank/dpo/{h}"
+    model, model_ref = _model(P, scfg)
+    sh = P.hash_of_dir("pairrank_select", selection)
+    h = P.add_stage("pairrank_dpo", {"model": model, "selection": selection, "train": train},
+                    needs={"up": [model_ref, P.ref("pairrank_select", sh)]})
+    return h, P.stage_dir("pairrank_dpo", h)
 
 
-def _eval(P, scfg, lora_dir, split: str, metrics, title: str) -> str:
+def _eval(P, scfg, lora, split: str, metrics, title: str) -> str:
+    """`lora`: (DPO job hash, seed) of the adapter sampled with, or None (the base model)."""
     ev = scfg["eval"]
-    cfg = {"model": model_block(P, scfg), "lora": lora_dir, "prompts": data_paths(P, scfg)["prompts"],
+    model, model_ref = _model(P, scfg)
+    rewards = {m: _reward(P, scfg, m) for m in metrics}
+    lora_dir = f"{P.stage_dir('pairrank_dpo', lora[0])}/s{lora[1]}/lora" if lora else None
+    cfg = {"model": model, "lora": lora_dir, "prompts": data_paths(P, scfg)["prompts"],
            "split": split, "per_prompt": ev["per_prompt"] if split == "eval" else ev["val_per_prompt"],
-           "sampling": ev["sampling"], "metrics": {m: reward_block(P, scfg, m) for m in metrics},
+           "sampling": ev["sampling"], "metrics": {m: b for m, (b, _) in rewards.items()},
            "oracle_colours": scfg["world"]["colours"] if scfg["data"]["source"] == "world" else None,
            "title": title}
-    return P.add_stage("pairrank_eval", cfg)
+    return P.add_stage("pairrank_eval", cfg, needs={"up": [
+        model_ref, P.ref("pairrank_dpo", lora[0], lora[1]) if lora else None,
+        world_ref(P, scfg), *(r for _, r in rewards.values())]})
 
 
 def selection_path(P, scfg) -> str:
@@ -208,25 +243,27 @@ def selection_path(P, scfg) -> str:
         return _select(P, scfg, sel["threshold"], sel["top_fraction"])
     ad = sel["adaptive"]
     train = {**scfg["dpo"], "steps": ad["steps"]}
-    val = {}
+    val, refs = {}, []
     for f in ad["fractions"]:
         cand = _select(P, scfg, "fixed", f)
-        _, d = _dpo(P, scfg, cand, train)
-        lora = f"{d}/s{ad['seed']}/lora"
-        eh = _eval(P, scfg, lora, "val", [scfg["rewards"]["psi"]], f"validation, top {f:g}")
-        val[f"{f:g}"] = f"{P.results}/pairrank/eval/{eh}/s{ad['seed']}/metrics.json"
-    return _select(P, scfg, "adaptive", None, {"metric": scfg["rewards"]["psi"], "runs": val})
+        dh, _ = _dpo(P, scfg, cand, train)
+        eh = _eval(P, scfg, (dh, ad["seed"]), "val", [scfg["rewards"]["psi"]],
+                   f"validation, top {f:g}")
+        val[f"{f:g}"] = P.output("pairrank_eval", eh, ad["seed"])
+        refs.append(P.ref("pairrank_eval", eh, ad["seed"]))
+    return _select(P, scfg, "adaptive", None, {"metric": scfg["rewards"]["psi"], "runs": val},
+                   refs)
 
 
 def variant(P, vcfg: dict) -> tuple[str, dict]:
     sel = selection_path(P, vcfg)
-    h, d = _dpo(P, vcfg, sel, vcfg["dpo"])
+    h, _ = _dpo(P, vcfg, sel, vcfg["dpo"])
     title = (f"Diffusion-DPO, Q = {QUALITY_LABELS[vcfg['selection']['quality']]}, "
              f"{THRESHOLD_LABELS[vcfg['selection']['threshold']]}")
     evals = {}
     for s in P.seeds:
-        eh = _eval(P, vcfg, f"{d}/s{s}/lora", "eval", EVAL_METRICS, title)
-        evals[s] = f"{P.results}/pairrank/eval/{eh}/s{s}/metrics.json"
+        eh = _eval(P, vcfg, (h, s), "eval", EVAL_METRICS, title)
+        evals[s] = P.output("pairrank_eval", eh, s)
     return h, evals
 
 
@@ -235,8 +272,7 @@ def references(P, scfg: dict) -> list:
 
     eh = _eval(P, scfg, None, "eval", EVAL_METRICS, "base model (no DPO)")
     rows = [Row("base model (no DPO)", None, False, eh,
-                {s: f"{P.results}/pairrank/eval/{eh}/s{s}/metrics.json" for s in P.seeds},
-                kind="reference")]
+                {s: P.output("pairrank_eval", eh, s) for s in P.seeds}, kind="reference")]
     # One figure of the ψ-quality distributions with every threshold's cut drawn on it.
     sels = {}
     for ab in P.study_ablations["pairrank"]:
@@ -248,36 +284,7 @@ def references(P, scfg: dict) -> list:
             set_path(vcfg, ab["key"], v)
             q, t = vcfg["selection"]["quality"], vcfg["selection"]["threshold"]
             sels[f"{q}|{t}"] = selection_path(P, vcfg)
-    fh = P.add_stage("pairrank_distfig", {"selections": sels})
-    P.add_target(f"{P.results}/pairrank/distfig/{fh}/quality_distributions.png")
+    fh = P.add_stage("pairrank_distfig", {"selections": sels}, needs={"up": [
+        P.ref("pairrank_select", P.hash_of_dir("pairrank_select", p)) for p in sels.values()]})
+    P.add_target(P.output("pairrank_distfig", fh))
     return rows
-
-
-def upstream(P, cfg) -> list[str]:
-    """The files a stage config refers to, as the outputs of the rules that make them
-    (a world path → that world's summary.json, a base model dir → its t2i.json, a LoRA dir →
-    its adapter.pt); paths outside the results dir (real data) are left to the stage to check."""
-    import re
-
-    r = re.escape(P.results)
-    found = set()
-
-    def walk(x):
-        if isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-        elif isinstance(x, str) and x.startswith(P.results + "/"):
-            if m := re.match(rf"{r}/pairrank/world/(\w+)", x):
-                found.add(f"{P.results}/pairrank/world/{m.group(1)}/summary.json")
-            elif m := re.match(rf"{r}/pairrank/base/(\w+)$", x):
-                found.add(f"{x}/t2i.json")
-            elif x.endswith("/lora"):
-                found.add(f"{x}/adapter.pt")
-            else:
-                found.add(x)
-
-    walk(cfg)
-    return sorted(found)

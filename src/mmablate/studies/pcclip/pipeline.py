@@ -16,35 +16,14 @@ import copy
 from pathlib import Path
 
 from ...errors import ConfigError
+from ...pipeline import SEED
+from ..spec import PCCLIP as SPEC
 
-TITLE = "Finetuning CLIP to Reason about Pairwise Differences (PC-CLIP)"
-ABLATABLE = {
-    "finetune.encoders": "which encoders are finetuned (text only, or text and image jointly)",
-    "finetune.combine": "how the two image embeddings are combined (subtraction, concatenation, "
-                        "element-wise multiplication)",
-    "finetune.loss": "loss aligning the combined image vector with the difference caption",
-    "captions.captioner": "language model writing the difference captions",
-}
-METRICS = {
-    "diff_acc": {"label": "Difference-based Classification Accuracy", "unit": "%",
-                 "higher_is_better": True},
-    "diff_mc_acc": {"label": "Difference-based Multiple-choice Accuracy", "unit": "%",
-                    "higher_is_better": True},
-    "zeroshot_acc": {"label": "Zero-shot Classification Accuracy", "unit": "%",
-                     "higher_is_better": True},
-    "clipscore": {"label": "CLIPScore", "unit": "", "higher_is_better": True},
-    "arithmetic_acc": {"label": "Embedding Arithmetic Top-1", "unit": "%",
-                       "higher_is_better": True},
-}
-VALUES = {
-    "finetune.encoders": {"text": "text encoder only", "text_image": "text + image encoders"},
-    "finetune.combine": {"subtract": "subtraction", "concat": "concatenation",
-                         "multiply": "element-wise multiplication"},
-    "finetune.loss": {"contrastive": "contrastive (CLIP)", "squared": "squared (MSE)",
-                      "hinge": "hinge"},
-    "captions.captioner": {"llama2_chat": "LLaMA-2-chat", "gpt": "GPT-3", "bert": "BERT",
-                           "t5": "T5", "template": "template (ground truth)"},
-}
+TITLE = SPEC.caption
+ABLATABLE = SPEC.ablatable
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
+VALUES = {p.key: SPEC.labels(p.key) for p in SPEC.parts}  # part key → value → label
 
 
 def dataset_name(scfg: dict, scale: str) -> str:
@@ -109,7 +88,7 @@ def _rankclip_base(P):
     rcfg["loss"]["rank_weight"] = 0.0
     th, _ = train_config(P, rcfg)
     _, eval_root = data_dirs(P, rcfg)
-    return {"dir": f"{P.results}/rankclip/train/{th}", "hash": th}, rcfg["model"], eval_root
+    return {"dir": P.stage_dir("rankclip_train", th), "hash": th}, rcfg["model"], eval_root
 
 
 def base_model(P, scfg: dict):
@@ -127,8 +106,7 @@ def pairs_stage(P, scfg: dict) -> str:
     if pc["source"] == "world":
         w = P.config["world"]
         pc.update(colours=w["colours"], shapes=w["shapes"], image_size=w["image_size"])
-    h = P.add_stage("pcclip_pairs", pc)
-    return f"{P.results}/pcclip/pairs/{h}/pairs.csv"
+    return P.output("pcclip_pairs", P.add_stage("pcclip_pairs", pc, needs={}))
 
 
 def captions_stage(P, scfg: dict, pairs: str) -> str:
@@ -136,13 +114,16 @@ def captions_stage(P, scfg: dict, pairs: str) -> str:
     name = cc["captioner"]
     spec = cc["captioners"][name]
     source = spec.get("model")
+    pairs_job = P.ref("pcclip_pairs", P.hash_of_dir("pcclip_pairs", pairs))
+    kh = None
     if spec["family"] != "template" and source is None:  # trained here (tiny scale)
         kh = P.add_stage("pcclip_captioner", {"name": name, "spec": spec, "pairs": pairs,
-                                              "seed": cc["seed"]})
-        source = f"{P.results}/pcclip/captioner/{kh}/model"
+                                              "seed": cc["seed"]}, needs={"pairs": pairs_job})
+        source = f"{P.stage_dir('pcclip_captioner', kh)}/model"
     cfg = {"name": name, "spec": spec, "source": source, "pairs": pairs, "filter": cc["filter"],
            "batch_size": cc["batch_size"], "max_new_tokens": cc["max_new_tokens"]}
-    return P.add_stage("pcclip_captions", cfg)
+    return P.add_stage("pcclip_captions", cfg, needs={
+        "pairs": pairs_job, "captioner": P.ref("pcclip_captioner", kh)})
 
 
 def _common(P, scfg):
@@ -150,12 +131,21 @@ def _common(P, scfg):
     return base, model, world_root, pairs_stage(P, scfg)
 
 
+def _needs(P, base, pairs) -> dict:
+    """The inputs every pcclip job on these pairs and this base model reads."""
+    return {"pairs": P.ref("pcclip_pairs", P.hash_of_dir("pcclip_pairs", pairs)),
+            "base": P.ref("rankclip_train", base["hash"] if base else None, SEED)}
+
+
 def eval_stage(P, scfg: dict, finetune_hash: str | None) -> dict:
     base, model, world_root, pairs = _common(P, scfg)
+    wh = P.hash_of_dir("world", world_root) if world_root is not None else None
     eh = P.add_stage("pcclip_eval", {"base": base, "model": model, "finetune": finetune_hash,
                                      "pairs": pairs, "eval": scfg["eval"],
-                                     "world_root": world_root})
-    return {s: f"{P.results}/pcclip/eval/{eh}/s{s}/metrics.json" for s in P.seeds}
+                                     "world_root": world_root},
+                     needs={"model": P.ref("pcclip_finetune", finetune_hash, SEED),
+                            "world": P.ref("world", wh), **_needs(P, base, pairs)})
+    return {s: P.output("pcclip_eval", eh, s) for s in P.seeds}
 
 
 def variant(P, vcfg: dict) -> tuple[str, dict]:
@@ -164,9 +154,12 @@ def variant(P, vcfg: dict) -> tuple[str, dict]:
     fc = vcfg["finetune"]
     embed = None
     if fc["encoders"] == "text":  # image embeddings once per base model, shared by these variants
-        embed = P.add_stage("pcclip_embed", {"base": base, "model": model, "pairs": pairs})
+        embed = P.add_stage("pcclip_embed", {"base": base, "model": model, "pairs": pairs},
+                            needs=_needs(P, base, pairs))
     fh = P.add_stage("pcclip_finetune", {"base": base, "model": model, "pairs": pairs,
-                                         "captions": ch, "embed": embed, "finetune": fc})
+                                         "captions": ch, "embed": embed, "finetune": fc},
+                     needs={"captions": P.ref("pcclip_captions", ch),
+                            "embed": P.ref("pcclip_embed", embed, SEED), **_needs(P, base, pairs)})
     return fh, eval_stage(P, vcfg, fh)
 
 

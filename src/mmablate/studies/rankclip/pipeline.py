@@ -5,18 +5,14 @@ import math
 from pathlib import Path
 
 from ...errors import ConfigError
-from .losses_meta import DECAY_LABELS
+from ...pipeline import SEED
+from ..spec import RANKCLIP as SPEC
 
-TITLE = "RankCLIP: Ranking-Consistent Language-Image Pretraining"
-ABLATABLE = {
-    "loss.rank_weight": "ranking-consistency loss weight λ (in-modal and cross-modal)",
-    "loss.decay": "positional decay µ(k) of the list-wise ranking loss",
-}
-METRICS = {
-    "zeroshot_top1": {"label": "Zero-shot Top-1 Accuracy", "unit": "%", "higher_is_better": True},
-    "zeroshot_top3": {"label": "Zero-shot Top-3 Accuracy", "unit": "%", "higher_is_better": True},
-    "zeroshot_top5": {"label": "Zero-shot Top-5 Accuracy", "unit": "%", "higher_is_better": True},
-}
+TITLE = SPEC.caption
+ABLATABLE = SPEC.ablatable
+OUTPUTS = SPEC.stages
+METRICS = SPEC.metric_records
+DECAY_LABELS = SPEC.labels("loss.decay")
 
 
 def dataset_name(scfg: dict, scale: str) -> str:
@@ -67,12 +63,15 @@ def train_config(P, scfg: dict) -> tuple[str, dict]:
     root, _ = data_dirs(P, scfg)
     cfg = {"model": scfg["model"], "train": scfg["train"], "loss": loss,
            "data": {"root": root, "train_csv": scfg["data"]["train_csv"]}}
-    return P.add_stage("rankclip_train", cfg), cfg
+    return P.add_stage("rankclip_train", cfg,
+                       needs={"world": P.ref("world", P.hash_of_dir("world", root))}), cfg
 
 
 def variant(P, vcfg: dict) -> tuple[str, dict]:
     th, _ = train_config(P, vcfg)
     _, eval_root = data_dirs(P, vcfg)
     eh = P.add_stage("rankclip_eval", {"train": th, "model": vcfg["model"], "eval": vcfg["eval"],
-                                       "data": {"root": eval_root}})
-    return th, {s: f"{P.results}/rankclip/eval/{eh}/s{s}/metrics.json" for s in P.seeds}
+                                       "data": {"root": eval_root}},
+                     needs={"model": P.ref("rankclip_train", th, SEED),
+                            "world": P.ref("world", P.hash_of_dir("world", eval_root))})
+    return th, {s: P.output("rankclip_eval", eh, s) for s in P.seeds}
