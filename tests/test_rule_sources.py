@@ -21,7 +21,9 @@ def rules():
         for m in re.finditer(r"^rule (\w+):\n((?:    .*\n|\n)*)", text, re.M):
             body = m.group(2)
             src = re.search(r"src=sources\((.*?)\),\n", body, re.S)
-            cmd = re.search(r"python -m mmablate (?:launch .*?-- )?([\w-]+)", body)
+            # the shell line is split over string literals ("…--" "  sub-cmd …"): join them first
+            shell = re.sub(r'"\s*\n\s*"', "", body)
+            cmd = re.search(r"python -m mmablate (?:launch .*? -- )?([\w-]+)", shell)
             assert src and cmd, f"{f.name}: rule {m.group(1)} has no sources(...) or command"
             args = ast.literal_eval("(" + src.group(1).replace('f"{MMA_SRC}/', f'"{mma}/') + ",)")
             out[m.group(1)] = (args, cmd.group(1))

@@ -4,7 +4,7 @@ a rule's `sources(...)` list can be checked to cover them (tests/test_rule_sourc
 
 The closure starts at the command function's own imports and its module's top-level imports,
 then follows every `mmablate` module imported from there. The command-line plumbing is left
-out (`PLUMBING`: the entry points, argument parsing, error types, GPU claiming and the small
+out (`PLUMBING`: the entry points, argument parsing, error types, GPU claiming and device choice, the process launcher, and the small
 JSON/path helpers): editing it does not change what a stage computes, and listing it would
 rerun every job after each edit of the command line.
 """
@@ -16,7 +16,8 @@ import textwrap
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent
-PLUMBING = {"__init__.py", "__main__.py", "cli.py", "errors.py", "gpu.py", "util.py"}
+PLUMBING = {"__init__.py", "__main__.py", "cli.py", "errors.py", "gpu.py", "device.py", "launch.py",
+            "util.py"}
 
 
 def module_file(name: str) -> Path | None:

@@ -67,9 +67,9 @@ rule mmalign_dpo:
     input:
         unpack(upstream("mmalign_dpo")),
         cfg=stage_input("mmalign_dpo"),
-        src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py",
-                    f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "world/vqa.py",
-                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
+        src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/trainer.py", f"{MMA_SRC}/evaluate.py",
+                    f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py",
+                    "world/vqa.py", "data/imagetext.py", "training", "world/scenes.py"),
     output:
         f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",
     log:

@@ -44,8 +44,7 @@ rule pairrank_reward:
         unpack(upstream("pairrank_reward")),
         cfg=stage_input("pairrank_reward"),
         src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
-                    "studies/pairrank/diffusion.py", "training/checkpoint.py",
-                    "training/schedule.py", "world/scenes.py"),
+                    "studies/pairrank/diffusion.py", "training", "world/scenes.py"),
     output:
         f"{R}/pairrank/reward/{{h}}/model.pt",
     log:
@@ -69,8 +68,7 @@ rule pairrank_score:
         unpack(upstream("pairrank_score")),
         cfg=stage_input("pairrank_score"),
         src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
-                    "studies/pairrank/diffusion.py", "training/checkpoint.py",
-                    "training/schedule.py", "world/scenes.py"),
+                    "studies/pairrank/diffusion.py", "training", "world/scenes.py"),
     output:
         f"{R}/pairrank/score/{{h}}/scores.npz",
     log:
@@ -110,7 +108,7 @@ rule pairrank_dpo:
         unpack(upstream("pairrank_dpo")),
         cfg=stage_input("pairrank_dpo"),
         src=sources("studies/pairrank/dpo.py", "studies/pairrank/diffusion.py", "data/pickapic.py",
-                    "training", "models/clip.py", "models/tokenizer.py", "world/scenes.py"),
+                    "studies/pairrank/losses.py", "training", "models/clip.py", "models/tokenizer.py", "world/scenes.py"),
     output:
         f"{R}/pairrank/dpo/{{h}}/s{{seed}}/lora/adapter.pt",
     log:
@@ -135,9 +133,8 @@ rule pairrank_eval:
         cfg=stage_input("pairrank_eval"),
         src=sources("studies/pairrank/evaluate.py", "studies/pairrank/rewards.py",
                     "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py",
-                    "world/preference.py", "data/pickapic.py", "models/clip.py",
-                    "models/tokenizer.py", "training/checkpoint.py", "training/schedule.py",
-                    "world/scenes.py"),
+                    "studies/pairrank/losses.py", "world/preference.py", "data/pickapic.py",
+                    "models/clip.py", "models/tokenizer.py", "training", "world/scenes.py"),
     output:
         json=f"{R}/pairrank/eval/{{h}}/s{{seed}}/metrics.json",
         grid=report(f"{R}/pairrank/eval/{{h}}/s{{seed}}/samples.png",

@@ -44,7 +44,7 @@ rule pcclip_captions:
         unpack(upstream("pcclip_captions")),
         cfg=stage_input("pcclip_captions"),
         src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py",
-                    "training/schedule.py", "world/pairs.py", "world/scenes.py"),
+                    "training", "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/captions/{{h}}/captions.csv",
     log:
@@ -67,8 +67,8 @@ rule pcclip_embed:
         unpack(upstream("pcclip_embed")),
         cfg=stage_input("pcclip_embed"),
         src=sources("studies/pcclip/finetune.py", "studies/pcclip/data.py", "models",
-                    "data/imagetext.py", "studies/pcclip/losses.py", "training/checkpoint.py",
-                    "training/schedule.py", "world/pairs.py", "world/scenes.py"),
+                    "data/imagetext.py", "studies/pcclip/losses.py", "training",
+                    "world/pairs.py", "world/scenes.py"),
     output:
         f"{R}/pcclip/embed/{{h}}/s{{seed}}/embeddings.pt",
     log:
@@ -120,8 +120,8 @@ rule pcclip_eval:
         cfg=stage_input("pcclip_eval"),
         src=sources("studies/pcclip/evaluate.py", "studies/pcclip/finetune.py",
                     "studies/pcclip/losses.py", "studies/pcclip/data.py", "metrics/zeroshot.py",
-                    "models", "data/imagetext.py", "training/checkpoint.py",
-                    "training/schedule.py", "world/pairs.py", "world/scenes.py"),
+                    "models", "data/imagetext.py", "training", "world/pairs.py",
+                    "world/scenes.py"),
     output:
         f"{R}/pcclip/eval/{{h}}/s{{seed}}/metrics.json",
     params:
