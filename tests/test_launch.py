@@ -21,7 +21,7 @@ STEPS, BATCH = 20, 64
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
-    from mmablate.cli import _merge
+    from mmablate.config import merge as _merge
     from mmablate.world.datasets import write_world
 
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())

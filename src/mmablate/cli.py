@@ -154,6 +154,7 @@ def cmd_gpu_status(a):
 
 
 def cmd_slurm_check(a):
+    from .config import load as load_config
     from .jobs import load_rules, profile_requests, read_profile
     from .slurm_check import check, check_sizes
 
@@ -161,12 +162,7 @@ def cmd_slurm_check(a):
     sizes = (prof.get("default-resources") or {}).get("mmablate_sizes")
     overlays = a.configfile if a.configfile is not None else \
         (["config/scales/paper.yaml"] if sizes == "paper" else ["config/scales/smoke.yaml"])
-    files = ["config/config.yaml", *overlays]
-    cfg = {}
-    for f in files:
-        import yaml
-
-        _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    cfg = load_config(["config/config.yaml", *overlays])
     check_sizes([sizes], cfg.get("scale"))
     # the rules and their declared resources are the same at every scale: read them with the
     # smoke config (the paper config names data roots that exist only on the cluster)
