@@ -305,20 +305,26 @@ def test_variants_share_jobs(smoke_config):
     assert any("quality_distributions" in x for x in P.targets())
 
 
-def test_dpo_stopped_and_resumed_equals_uninterrupted(tmp_path, sd_dir, world):
-    """LoRA Diffusion-DPO resumes from its adapter-only checkpoint to the same adapter."""
-    import torch
-
+def sd_dpo_stage(tmp_path, sd_dir, world, steps: int) -> dict:
+    """A Diffusion-DPO stage config on the small SD stand-in: the first 8 world pairs."""
     from mmablate.data.pickapic import load_pairs
-    from mmablate.studies.pairrank.dpo import train_dpo
 
     d, _ = world
     pairs = d / "pairs_train.parquet"
     sel = tmp_path / "selection.json"
     sel.write_text(json.dumps({"pairs": str(pairs), "indices": list(range(len(load_pairs(pairs))))[:8]}))
-    cfg = {"selection": str(sel), "model": {"kind": "sd", "pretrained": str(sd_dir)},
-           "train": {"beta": 5000, "lora_rank": 4, "lora_alpha": 4, "lr": 0.01, "steps": 5,
-                     "batch_size": 4, "warmup": 1, "ckpt_every": 2, "log_every": 1}}
+    return {"selection": str(sel), "model": {"kind": "sd", "pretrained": str(sd_dir)},
+            "train": {"beta": 5000, "lora_rank": 4, "lora_alpha": 4, "lr": 0.01, "steps": steps,
+                      "batch_size": 4, "warmup": 1, "ckpt_every": 2, "log_every": 1}}
+
+
+def test_dpo_stopped_and_resumed_equals_uninterrupted(tmp_path, sd_dir, world):
+    """LoRA Diffusion-DPO resumes from its adapter-only checkpoint to the same adapter."""
+    import torch
+
+    from mmablate.studies.pairrank.dpo import train_dpo
+
+    cfg = sd_dpo_stage(tmp_path, sd_dir, world, steps=5)
     whole = train_dpo(cfg, 0, tmp_path / "a", progress=False)
     assert train_dpo(cfg, 0, tmp_path / "b", stop_after=3, progress=False) == {"stopped_at": 3}
     resumed = train_dpo(cfg, 0, tmp_path / "b", progress=False)

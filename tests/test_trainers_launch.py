@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from .conftest import REPO
-from .test_pairrank_units import sd_dir, world  # noqa: F401 (fixtures)
+from .test_pairrank_units import sd_dir, sd_dpo_stage, world  # noqa: F401 (fixtures)
 
 
 def _read(path):
@@ -22,16 +22,9 @@ def _read(path):
 
 @pytest.mark.slow
 def test_two_process_diffusion_dpo_logs_the_losses_of_one(tmp_path, sd_dir, world):  # noqa: F811
-    from mmablate.data.pickapic import load_pairs
     from mmablate.studies.pairrank.dpo import train_dpo
 
-    d, _ = world
-    pairs = d / "pairs_train.parquet"
-    sel = tmp_path / "selection.json"
-    sel.write_text(json.dumps({"pairs": str(pairs), "indices": list(range(len(load_pairs(pairs))))[:8]}))
-    cfg = {"selection": str(sel), "model": {"kind": "sd", "pretrained": str(sd_dir)},
-           "train": {"beta": 5000, "lora_rank": 4, "lora_alpha": 4, "lr": 0.01, "steps": 4,
-                     "batch_size": 4, "warmup": 1, "ckpt_every": 2, "log_every": 1}}
+    cfg = sd_dpo_stage(tmp_path, sd_dir, world, steps=4)
     (tmp_path / "stage.json").write_text(json.dumps(cfg))
     one = tmp_path / "one"
     train_dpo(cfg, 0, one, progress=False)

@@ -171,8 +171,6 @@ class Resumable:
 
     def step_done(self, done: int, log_rows: list) -> bool:
         """Save when due (every ``every`` steps, at the end, at ``stop_after``); True to stop."""
-        import torch
-
         stop = self.stop_after is not None and done >= self.stop_after
         if done % self.every == 0 or done == self.total or stop:
             rng = self._rng_states() if self.rng else {}  # a collective: every rank calls it
