@@ -181,3 +181,25 @@ class _Workflow:
 def test_which_runs_get_a_server(wf, cfg, expect):
     why = forkserver.enabled(wf, cfg)
     assert why == expect if expect is None else expect in why
+
+
+def test_a_client_waits_for_a_server_still_importing(tmp_path):
+    """Jobs started in the server's first seconds wait for it instead of importing themselves;
+    a server that dies while importing lets them run in-process."""
+    d = tmp_path / "fs"
+    d.mkdir()
+    sock = d / "sock"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    (d / "pid").write_text(str(proc.pid))
+    r = _run(["check-config", "missing.yaml"], sock)  # the 'server' exits without listening
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    proc.wait()
+    path = forkserver.start(str(REPO), os.getpid(), str(tmp_path / "fs.log"), ["numpy", "torch"])
+    try:
+        r = _run(["check-config", "missing.yaml"], path)  # at once, while it imports torch
+        assert r.returncode == 2 and "config file not found" in r.stderr
+    finally:
+        forkserver.stop(path)
+    assert _wait_for(lambda: not os.path.exists(path), 30)
+    # it was served, not run beside the import
+    assert "check-config missing.yaml" in (tmp_path / "fs.log").read_text()

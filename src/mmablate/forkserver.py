@@ -49,7 +49,7 @@ ENV = "MMABLATE_FORKSERVER"
 PRELOAD = (
     "numpy", "PIL.Image", "torch", "torch.nn.functional", "torchvision", "open_clip",
     "transformers", "accelerate", "peft", "diffusers", "trl", "pandas", "pyarrow",
-    "matplotlib", "tqdm", "yaml", "jsonschema",
+    "matplotlib", "matplotlib.pyplot", "tqdm", "yaml", "jsonschema",
 )
 # names the lazy packages resolve only on first use (their real import is the expensive part)
 PRELOAD_ATTRS = {
@@ -96,6 +96,8 @@ def run_client(argv) -> int | None:
     path = os.environ.get(ENV)
     if not path:
         return None
+    if not _wait_until_listening(path):
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -128,6 +130,25 @@ def run_client(argv) -> int | None:
         except (ConnectionError, OSError, ValueError, KeyError):
             print("error: mmablate fork server: lost the worker's exit status", file=sys.stderr)
             return 1
+
+
+def _wait_until_listening(path: str, timeout: float = 600.0) -> bool:
+    """Whether the server at `path` listens; while its process is still importing (its `pid`
+    file exists, the socket not yet), wait for it rather than import everything a second time."""
+    import time
+
+    pidfile = os.path.join(os.path.dirname(path), "pid")
+    t0 = time.time()
+    while not os.path.exists(path):
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
+            return False
+        if not _alive(pid) or time.time() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # ---- server -------------------------------------------------------------------------------------
@@ -198,13 +219,18 @@ def serve(path: str, watch_pid: int | None = None, modules=PRELOAD) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _report(conn, status: int) -> None:
@@ -256,6 +282,7 @@ def _start(conn, lsock, children, hello) -> int:
     for fd in fds:
         os.close(fd)
     _send(conn, {"pid": pid})
+    print(f"worker {pid}: {' '.join(req['argv'])[:300]}", file=sys.stderr, flush=True)
     return pid
 
 
@@ -337,10 +364,10 @@ def _fresh_rngs() -> None:
 
 
 # ---- the workflow's side ------------------------------------------------------------------------
-def start(workdir: str, watch_pid: int, log_path: str) -> str:
+def start(workdir: str, watch_pid: int, log_path: str, preload_modules=None) -> str:
     """Start a server for this snakemake run, detached; the socket path it will listen on.
     Returns at once: until the server has imported its libraries (10–20 s) the socket does not
-    exist and jobs run in-process."""
+    exist and the first jobs' clients wait for it."""
     import subprocess
     import tempfile
 
@@ -352,9 +379,13 @@ def start(workdir: str, watch_pid: int, log_path: str) -> str:
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
     with open(log_path, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "mmablate.forkserver", path, str(watch_pid)],
-                         cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mmablate.forkserver", path, str(watch_pid),
+             *(["--preload", ",".join(preload_modules)] if preload_modules else [])],
+            cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True)
+    with open(os.path.join(d, "pid"), "w") as f:  # clients wait for it while it imports
+        f.write(str(proc.pid))
     return path
 
 
@@ -420,7 +451,14 @@ def _main(argv=None) -> None:
     a = p.parse_args(argv)
     with open(os.path.join(os.path.dirname(a.socket), "pid"), "w") as f:
         f.write(str(os.getpid()))
-    serve(a.socket, a.watch_pid, tuple(a.preload.split(",")) if a.preload else PRELOAD)
+    try:
+        serve(a.socket, a.watch_pid, tuple(a.preload.split(",")) if a.preload else PRELOAD)
+    finally:
+        try:
+            os.unlink(os.path.join(os.path.dirname(a.socket), "pid"))
+            os.rmdir(os.path.dirname(a.socket))
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
