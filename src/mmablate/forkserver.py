@@ -43,6 +43,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 ENV = "MMABLATE_FORKSERVER"
 # imported once by the server; any that is not installed is skipped
@@ -135,8 +136,6 @@ def run_client(argv) -> int | None:
 def _wait_until_listening(path: str, timeout: float = 600.0) -> bool:
     """Whether the server at `path` listens; while its process is still importing (its `pid`
     file exists, the socket not yet), wait for it rather than import everything a second time."""
-    import time
-
     pidfile = os.path.join(os.path.dirname(path), "pid")
     t0 = time.time()
     while not os.path.exists(path):
@@ -202,7 +201,7 @@ def serve(path: str, watch_pid: int | None = None, modules=PRELOAD) -> None:
                     print(f"mmablate fork server: a request failed ({e})", file=sys.stderr)
                     conn.close()
                 else:
-                    children[pid] = conn
+                    children[pid] = (conn, time.time())
             _reap(children)
             if watch_pid and not _alive(watch_pid):
                 break
@@ -212,10 +211,10 @@ def serve(path: str, watch_pid: int | None = None, modules=PRELOAD) -> None:
             os.unlink(path)
         for pid in list(children):  # jobs still running when the run ends: the client waits
             try:
-                _, status = os.waitpid(pid, 0)
-                _report(children.pop(pid), status)
+                _, status, usage = os.wait4(pid, 0)
             except ChildProcessError:
-                pass
+                continue
+            _report(pid, *children.pop(pid), status, usage)
 
 
 def _alive(pid: int) -> bool:
@@ -233,10 +232,16 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _report(conn, status: int) -> None:
+def _report(pid, conn, t0, status: int, usage) -> None:
+    """Send a worker's exit status to its client; log what it used (snakemake's benchmark files
+    see only the client): wall, CPU (user + system) and peak resident memory."""
     rc = os.waitstatus_to_exitcode(status)
+    rc = rc if rc >= 0 else 128 - rc  # killed by signal N: 128 + N, as a shell reports it
+    print(f"worker {pid} exit {rc}: {time.time() - t0:.2f} s wall, "
+          f"{usage.ru_utime + usage.ru_stime:.2f} s CPU, max RSS {usage.ru_maxrss / 1024:.0f} MB",
+          file=sys.stderr, flush=True)
     try:
-        _send(conn, {"rc": rc if rc >= 0 else 128 - rc})  # killed by signal N: 128 + N, as a shell
+        _send(conn, {"rc": rc})
     except OSError:
         pass  # the client is gone
     finally:
@@ -246,14 +251,13 @@ def _report(conn, status: int) -> None:
 def _reap(children) -> None:
     while children:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        conn = children.pop(pid, None)
-        if conn is not None:
-            _report(conn, status)
+        if pid in children:
+            _report(pid, *children.pop(pid), status, usage)
 
 
 def _start(conn, lsock, children, hello) -> int:
