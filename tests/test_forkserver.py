@@ -111,20 +111,8 @@ def test_a_training_job_gives_the_same_bytes_as_a_fresh_process(server, tmp_path
     assert log[0] == log[1]
 
 
-def test_sigterm_to_the_client_stops_its_worker(server, tmp_path):
-    sock, proc = server
-    before = set(_workers(proc.pid))
-    client = subprocess.Popen([sys.executable, "-m", "mmablate", "bench", "--size", "smoke",
-                               "--cases", "rankclip", "--steps", "100000"], cwd=REPO,
-                              env=_env(sock), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert _wait_for(lambda: set(_workers(proc.pid)) - before)
-    (worker,) = set(_workers(proc.pid)) - before
-    client.send_signal(signal.SIGTERM)
-    assert client.wait(timeout=60) == 128 + signal.SIGTERM  # as a shell reports a killed job
-    assert _wait_for(lambda: worker not in _workers(proc.pid), 30)
-
-
-def test_a_killed_client_takes_its_worker_down(server):
+def _long_job(server):
+    """A client running a long job through the server, and its worker's pid."""
     sock, proc = server
     before = set(_workers(proc.pid))
     client = subprocess.Popen([sys.executable, "-m", "mmablate", "bench", "--size", "smoke",
@@ -132,9 +120,21 @@ def test_a_killed_client_takes_its_worker_down(server):
                               env=_env(sock), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: set(_workers(proc.pid)) - before)
     (worker,) = set(_workers(proc.pid)) - before
+    return client, worker
+
+
+def test_sigterm_to_the_client_stops_its_worker(server):
+    client, worker = _long_job(server)
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(timeout=60) == 128 + signal.SIGTERM  # as a shell reports a killed job
+    assert _wait_for(lambda: worker not in _workers(server[1].pid), 30)
+
+
+def test_a_killed_client_takes_its_worker_down(server):
+    client, worker = _long_job(server)
     client.kill()
     client.wait(timeout=30)
-    assert _wait_for(lambda: worker not in _workers(proc.pid), 30)
+    assert _wait_for(lambda: worker not in _workers(server[1].pid), 30)
 
 
 def test_no_server_or_another_interpreter_runs_in_process(tmp_path, monkeypatch):
