@@ -203,3 +203,12 @@ def test_a_client_waits_for_a_server_still_importing(tmp_path):
     assert _wait_for(lambda: not os.path.exists(path), 30)
     # it was served, not run beside the import
     assert "check-config missing.yaml" in (tmp_path / "fs.log").read_text()
+
+
+def test_a_server_whose_imports_touched_cuda_does_not_serve(tmp_path, monkeypatch):
+    monkeypatch.setattr(forkserver, "preload", lambda modules: [])
+    monkeypatch.setattr(forkserver, "cuda_driver_loaded", lambda: True)
+    forkserver.serve(str(tmp_path / "sock"))  # returns at once, never listening
+    assert not (tmp_path / "sock").exists()
+    monkeypatch.undo()  # the real check reads /proc/self/maps: this test process never used CUDA
+    assert forkserver.cuda_driver_loaded() is False

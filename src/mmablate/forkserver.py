@@ -25,7 +25,9 @@ What a worker shares with a fresh process and what it does not:
 * Settings a library reads from the environment *when it is imported* are the server's:
   notably ``OMP_NUM_THREADS``. Every model command sets torch's threads itself (``--threads``).
 * The server never runs a torch operation, so no OpenMP thread pool exists at fork; each worker
-  starts its own.
+  starts its own. Nor does it touch CUDA (which does not survive a fork): it checks that the
+  driver library is not loaded before serving, and each worker initialises CUDA for its own
+  claimed device.
 * Snakemake's ``benchmark:`` files measure the job's process tree: with the server, their CPU time
   and memory columns are the client's (the wall time is the job's). Measure memory with the
   server off (``--config forkserver=false``).
@@ -171,11 +173,28 @@ def preload(modules=PRELOAD, attrs=PRELOAD_ATTRS) -> list:
     return done
 
 
+def cuda_driver_loaded() -> bool:
+    """Whether this process has loaded the CUDA driver library (after which a fork's CUDA fails)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libcuda.so" in line for line in f)
+    except OSError:
+        return False
+
+
 def serve(path: str, watch_pid: int | None = None, modules=PRELOAD) -> None:
     """Listen on `path` until SIGTERM or until process `watch_pid` (the snakemake run) is gone."""
     import select
 
+    # CUDA does not survive fork: the server must never initialise it. torch.cuda.is_available()
+    # then asks NVML instead of the CUDA runtime; a library that still loaded the driver makes
+    # the server refuse to serve (its clients run their jobs in-process).
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     preload(modules)
+    if cuda_driver_loaded():
+        print("mmablate fork server: a preloaded library initialised CUDA (libcuda is loaded); "
+              "not serving: jobs run in-process", file=sys.stderr, flush=True)
+        return
     if os.path.exists(path):
         os.unlink(path)
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
