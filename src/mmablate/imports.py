@@ -4,8 +4,9 @@ a rule's `sources(...)` list can be checked to cover them (tests/test_rule_sourc
 
 The closure starts at the command function's own imports and its module's top-level imports,
 then follows every `mmablate` module imported from there. The command-line plumbing is left
-out (`PLUMBING`: the entry points, argument parsing, error types, GPU claiming and device choice, the process launcher, and the small
-JSON/path helpers): editing it does not change what a stage computes, and listing it would
+out (`PLUMBING`: the entry points, argument parsing, error types, GPU claiming and device
+choice, the process launcher, the fork server, and the small JSON/path helpers): editing it
+does not change what a stage computes, and listing it would
 rerun every job after each edit of the command line.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent
 PLUMBING = {"__init__.py", "__main__.py", "cli.py", "errors.py", "gpu.py", "device.py", "launch.py",
-            "util.py"}
+            "util.py", "forkserver.py"}
 
 
 def module_file(name: str) -> Path | None:

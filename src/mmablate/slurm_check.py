@@ -5,7 +5,7 @@ and leaves it PENDING for ever (``Reason=PartitionConfig`` or ``Resources``), wh
 waits silently. This module compares every job's request with what ``sinfo`` reports for each
 partition and names the rule and the resource that cannot be met.
 
-What really runs before submission: the ``onstart:`` hook in ``workflow/rules/common.smk``. When
+What really runs before submission: the ``onstart:`` hook in ``workflow/rules/hooks.smk``. When
 the executor is ``slurm`` it calls `check_jobs` on the jobs Snakemake is about to submit (their
 resources evaluated exactly as the plugin will read them: profile ``set-resources``, rule
 ``resources:``, ``set-threads``) and the run stops with `SlurmCheckError` before the first

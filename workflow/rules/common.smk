@@ -48,8 +48,8 @@ def TORCH_THREADS(wildcards, threads):
     return torch_threads(threads, _slot_factor())
 
 
-# Before anything is submitted to SLURM: refuse what no node can run (the onstart hook there).
-include: "slurm_check.smk"
+# The run's hooks: the SLURM request check before any sbatch; the fork server of local runs.
+include: "hooks.smk"
 
 def stage_input(stage):
     """The resolved stage config of job {h}: an input, so an edit of its content reruns it."""
