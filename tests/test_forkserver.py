@@ -75,6 +75,23 @@ def test_exit_status_streams_and_cwd(server, tmp_path):
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
 
 
+def test_concurrent_jobs(server, tmp_path):
+    """Jobs overlap in a run (a worker is forked while others still run)."""
+    sock, _ = server
+    long_client, worker = _long_job(server)
+    try:
+        procs = [subprocess.Popen([sys.executable, "-m", "mmablate", "check-config",
+                                   f"missing{i}.yaml"], cwd=REPO, env=_env(sock),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(3)]
+        for i, p in enumerate(procs):
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 2 and f"missing{i}.yaml: config file not found" in err
+    finally:
+        long_client.terminate()
+        long_client.wait(60)
+
+
 def test_the_job_environment_reaches_the_worker(server, tmp_path):
     sock, _ = server
     r = _run(["gpu-status"], sock, MMABLATE_GPU_LOCK_DIR=str(tmp_path / "locks"))

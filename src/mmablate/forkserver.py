@@ -293,7 +293,7 @@ def _start(conn, lsock, children, hello) -> int:
     if pid == 0:  # the worker
         try:
             lsock.close()
-            for c in children.values():
+            for c, _t0 in children.values():
                 c.close()
             rc = _worker(conn, fds, req)
         except BaseException:  # noqa: BLE001 — nothing may return into the server's loop
