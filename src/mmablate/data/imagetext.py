@@ -1,9 +1,10 @@
 """Image–caption and class-folder datasets in the formats CC3M and ImageNet are distributed in.
 
 `ImageTextCsv` reads an open_clip-style CSV (``filepath``/``title`` columns, tab-separated,
-image paths relative to the CSV's folder; small sets — webdataset shards are `mmablate.data.shards`). `ClassFolder` reads an ImageNet ``val`` layout
-(one folder per class, sorted: for ImageNet the WordNet synsets, whose sorted order is the
-standard class order) with an optional ``classnames.txt`` of human-readable names; items are
+image paths relative to the CSV's folder; for small sets — webdataset shards are
+`mmablate.data.shards`). `ClassFolder` reads an ImageNet ``val`` layout (one folder per class,
+sorted: for ImageNet the WordNet synsets, whose sorted order is the standard class order) with
+an optional ``classnames.txt`` of human-readable names; items are
 ``(image, label)`` for a DataLoader.
 Both decode with PIL and apply the model's own preprocessing transform; with ``preload`` every
 image is decoded once into one tensor (the tiny scale's 32 px images fit in memory).
