@@ -114,3 +114,26 @@ def test_loader_path_equals_tensor_path_and_a_direct_computation(world_clip, tmp
     direct = {k: 100.0 * (rank[:, :k] == y[:, None]).any(1).float().mean().item() for k in ks}
     assert via_loader == pytest.approx(via_tensor) and via_tensor == pytest.approx(direct)
     assert via_loader[10] == 100.0 and via_loader[1] <= via_loader[3] <= via_loader[5]
+
+
+def test_rankclip_eval_on_an_imagenet_stand_in(world_clip, tmp_path, monkeypatch):
+    """The paper-scale evaluation path on stand-ins: val/<synset>/ JPEGs, open_clip's 1,000
+    class names (2 of the 80 templates, for time: the 80 are checked above), a DataLoader with a
+    worker; top-1/3/5/10 and their chance."""
+    from mmablate.studies.rankclip.evaluate import evaluate
+
+    real = Z.imagenet_metadata
+    monkeypatch.setattr(Z, "imagenet_metadata", lambda: (real()[0], real()[1][:2]))
+
+    model, _, _ = world_clip
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())["studies"]["rankclip"]
+    _imagenet_val(tmp_path, per_class=2)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    ev = {"dataset_name": "ImageNet-1K", "class_source": "imagenet1k", "classify_dir": "val",
+          "batch_size": 4, "num_workers": 1}
+    metrics, chance = evaluate({"model": cfg["model"], "eval": ev}, tmp_path / "model.pt",
+                               tmp_path)
+    assert sorted(metrics) == ["zeroshot_top1", "zeroshot_top10", "zeroshot_top3",
+                               "zeroshot_top5"]
+    assert chance["zeroshot_top1"] == pytest.approx(0.1) and chance["zeroshot_top10"] == 1.0
+    assert all(v in {100.0 * i / 6 for i in range(7)} for v in metrics.values())  # 6 images
