@@ -27,8 +27,8 @@ def stage(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
     root = tmp_path_factory.mktemp("launch")
-    write_world(dict(cfg["world"], n_train=256, n_classify_per_class=1), root / "world",
-                progress=False)
+    write_world(dict(cfg["world"], n_train=256, n_classify_per_class=1, shard_size=64),
+                root / "world", progress=False)  # 4 shards: one per rank at least
     sc = cfg["studies"]["rankclip"]
     data = {k: v for k, v in sc["data"].items() if k != "source"}
     # the map-style path (cached shards): 2 ranks split each batch of 1 process exactly
