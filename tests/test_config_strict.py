@@ -246,7 +246,7 @@ def test_error_names_only_the_overlay_that_sets_the_value(tmp_path):
     a = overlay(tmp_path, "rankclip", ("train", "steps"), 10, "a.yaml")
     b = overlay(tmp_path, "rankclip", ("train", "steps"), "ten", "b.yaml")
     msg = refused(files("tiny") + [a, b], f"studies.rankclip.train.steps: 'ten' is not of type "
-                                          f"'integer' (set in {b})")
+                                          f"'integer', 'null' (set in {b})")  # null: epochs
     assert f"(set in {a}" not in msg
 
 

@@ -27,19 +27,21 @@ def stage(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
     root = tmp_path_factory.mktemp("launch")
-    write_world(dict(cfg["world"], n_train=256, n_classify_per_class=1), root / "world",
-                progress=False)
+    write_world(dict(cfg["world"], n_train=256, n_classify_per_class=1, shard_size=64),
+                root / "world", progress=False)  # 4 shards: one per rank at least
     sc = cfg["studies"]["rankclip"]
+    data = {k: v for k, v in sc["data"].items() if k != "source"}
+    # the map-style path (cached shards): 2 ranks split each batch of 1 process exactly
     st = {"model": sc["model"], "loss": sc["loss"],
-          "data": {"root": str(root / "world"), "train_csv": sc["data"]["train_csv"]},
+          "data": dict(data, root=str(root / "world"), cache=True, train_transform="eval"),
           "train": dict(sc["train"], steps=STEPS, batch_size=BATCH, ckpt_every=5, log_every=1)}
     (root / "stage.json").write_text(json.dumps(st))
     return st, root
 
 
-def _launch(root, out, nproc=2, env=None):
+def _launch(root, out, nproc=2, env=None, config="stage.json"):
     cmd = [sys.executable, "-m", "mmablate", "launch", "--nproc", str(nproc), "--log-dir",
-           str(out / "logs"), "--", "rankclip-train", "--config", str(root / "stage.json"),
+           str(out / "logs"), "--", "rankclip-train", "--config", str(root / config),
            "--seed", "0", "--out", str(out / "model.pt"), "--threads", "1"]
     e = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))  # the ranks run this checkout
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=e)
@@ -181,3 +183,18 @@ def test_standard_step_two_ranks_with_accumulation_equal_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     la, lb = _log(tmp_path / "one/train_log.csv"), _log(tmp_path / "two/train_log.csv")
     assert la["loss"].tolist() == pytest.approx(lb["loss"].tolist(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_the_shards(stage):
+    """The paper path under torchrun: each rank streams its own shards (wds.split_by_node) with
+    open_clip's training transform and a DataLoader worker; features are gathered over ranks."""
+    st, root = stage
+    st = copy.deepcopy(st)
+    st["data"].update(cache=False, train_transform="open_clip_train", shuffle_buffer=16)
+    st["train"].update(steps=4, num_workers=1, ckpt_every=2)
+    (root / "stream.json").write_text(json.dumps(st))
+    r = _launch(root, root / "stream", config="stream.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((root / "stream/train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["num_samples"] == 256

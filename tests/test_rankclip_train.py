@@ -18,13 +18,22 @@ def setup(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
     world = tmp_path_factory.mktemp("world")
-    wc = dict(cfg["world"], n_train=64, n_classify_per_class=1)
+    wc = dict(cfg["world"], n_train=64, n_classify_per_class=1, shard_size=16)
     write_world(wc, world, progress=False)
     sc = cfg["studies"]["rankclip"]
-    stage = {"model": sc["model"], "loss": sc["loss"], "data": {"root": str(world),
-             "train_csv": sc["data"]["train_csv"]},
+    data = {k: v for k, v in sc["data"].items() if k != "source"}
+    # the tiny path (cached shards, evaluation transform), as the default config
+    stage = {"model": sc["model"], "loss": sc["loss"],
+             "data": dict(data, root=str(world), cache=True, train_transform="eval"),
              "train": dict(sc["train"], steps=6, ckpt_every=2, batch_size=16)}
     return stage, world
+
+
+def _streamed(stage):
+    """The paper path: streamed shards (the smoke overlay's data block) with the evaluation
+    transform, so the weights are a function of the data order alone."""
+    return dict(stage, data=dict(stage["data"], cache=False, train_transform="eval",
+                                 shuffle_buffer=8))
 
 
 def _train(stage, world, out, **kw):
@@ -33,8 +42,10 @@ def _train(stage, world, out, **kw):
     return train(copy.deepcopy(stage), 0, world, out, progress=False, **kw)
 
 
-def test_killed_run_resumes_to_the_same_weights(setup, tmp_path):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_killed_run_resumes_to_the_same_weights(setup, tmp_path, streamed):
     stage, world = setup
+    stage = _streamed(stage) if streamed else stage
     _train(stage, world, tmp_path / "a/model.pt")
     assert _train(stage, world, tmp_path / "b/model.pt", stop_after=3) == {"stopped_at": 3}
     assert not (tmp_path / "b/model.pt").exists()
@@ -77,7 +88,7 @@ def test_truncated_model_file_is_a_clear_error(setup, tmp_path):
 @pytest.mark.parametrize("k", [2, 4])
 def test_accumulated_micro_batches_give_the_whole_batch_gradient(setup, tmp_path, k):
     """k micro-batches of 32/k (open_clip_train's accum_freq) = one batch of 32, CLIP + ranking."""
-    from mmablate.data.imagetext import ImageTextCsv
+    from mmablate.data.shards import expand_shards, read_all
     from mmablate.models import clip as clipm
     from mmablate.studies.rankclip.losses import RankCLIPLoss
     from mmablate.studies.rankclip.train import make_step
@@ -91,8 +102,9 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(setup, tmp_path
                     progress=False)
         torch.manual_seed(0)
         model, preprocess, tok = clipm.build(stage["model"])
-        data = ImageTextCsv(world / stage["data"]["train_csv"], preprocess, limit=32)
-        images, texts = data.images, tok(data.captions)
+        images, texts, _ = read_all(expand_shards(world / "cc3m"), preprocess, tok,
+                                    progress=False)
+        images, texts = images[:32], texts[:32]
         h.setup(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.0))
         step = make_step(h, RankCLIPLoss(stage["loss"]["rank_weight"], stage["loss"]["decay"]))
         micro = [(images[i:i + bs], texts[i:i + bs]) for i in range(0, 32, bs)]
@@ -103,3 +115,41 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(setup, tmp_path
     assert l1 == pytest.approx(l2, rel=1e-6)
     for n, g in whole.items():
         torch.testing.assert_close(accum[n], g, rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_streamed_training_with_the_training_transform_and_epochs(setup, tmp_path):
+    """The paper-scale path: shards streamed through two DataLoader workers with open_clip's
+    training transform, the budget in epochs over the stats files' sample count."""
+    stage, world = setup
+    st = _streamed(stage)
+    st["data"].update(train_transform="open_clip_train")
+    st["train"] = dict(st["train"], steps=None, epochs=1, num_workers=2, ckpt_every=None)
+    summary = _train(st, world, tmp_path / "model.pt")
+    assert summary["num_samples"] == 64 and summary["steps"] == 4 and summary["epochs"] == 1.0
+    assert summary["shards"] == 4
+
+
+def test_csv_loader_still_trains(setup, tmp_path):
+    """Small sets in an open_clip CSV (tab-separated filepath/title)."""
+    import io
+
+    from PIL import Image
+
+    from mmablate.data.shards import _raw_samples, SkipCounter, expand_shards
+
+    stage, world = setup
+    d = tmp_path / "csvset"
+    (d / "img").mkdir(parents=True)
+    rows = ["filepath\ttitle"]
+    for i, s in enumerate(_raw_samples(expand_shards(world / "cc3m"), SkipCounter())):
+        Image.open(io.BytesIO(s["png"])).save(d / f"img/{i}.png")
+        rows.append(f"img/{i}.png\t{s['txt'].decode()}")
+    (d / "train.csv").write_text("\n".join(rows) + "\n")
+    st = dict(stage, data={"root": str(d), "train_csv": "train.csv", "train_shards": None,
+                           "train_transform": "eval"})
+    st["train"] = dict(st["train"], ckpt_every=None)
+    a = _train(st, d, tmp_path / "a/model.pt")
+    b = _train(dict(stage, train=st["train"]), world, tmp_path / "b/model.pt")
+    assert a["num_samples"] == b["num_samples"] == 64
+    wa, wb = torch.load(tmp_path / "a/model.pt"), torch.load(tmp_path / "b/model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same pixels, order and captions

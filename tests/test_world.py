@@ -37,9 +37,19 @@ def test_captions_use_the_vocabulary_and_tokenize_with_end_token():
 def test_write_world_formats(tmp_path):
     cfg = {"seed": 1, "image_size": 16, "n_train": 12, "n_classify_per_class": 2,
            "colours": ["red", "blue"], "shapes": ["circle", "square"], "max_objects": 2}
-    write_world(cfg, tmp_path, progress=False)
-    lines = (tmp_path / "cc3m/train.csv").read_text().splitlines()
-    assert lines[0] == "filepath\ttitle" and len(lines) == 13
+    write_world(dict(cfg, shard_size=5), tmp_path, progress=False)
+    from mmablate.data.shards import expand_shards, read_all, shard_counts
+
+    shards = expand_shards(tmp_path / "cc3m")  # img2dataset's layout: 00000.tar + _stats.json
+    assert [s.rsplit("/", 1)[1] for s in shards] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert shard_counts(shards) == [5, 5, 2]
+    import torch
+
+    tok = world_tokenizer(24)
+    images, ids, skipped = read_all(shards, lambda im: torch.from_numpy(np.asarray(im).copy()),
+                                    tok, progress=False)
+    assert len(ids) == 12 and skipped == 0 and images.shape == (12, 16, 16, 3)
+    assert tok.stoi["<unk>"] not in ids.tolist()
     names = (tmp_path / "imagenet/classnames.txt").read_text().split("\n")[:-1]
     folders = sorted(p.name for p in (tmp_path / "imagenet/val").iterdir())
     assert [n.replace(" ", "_") for n in names] == folders  # classnames in folder order

@@ -3,8 +3,8 @@ rule rankclip_train:
         unpack(upstream("rankclip_train")),
         cfg=stage_input("rankclip_train"),
         src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py", "models",
-                    "data/imagetext.py", "training", "studies/rankclip/losses_meta.py",
-                    "world/scenes.py"),
+                    "data/imagetext.py", "data/shards.py", "training",
+                    "studies/rankclip/losses_meta.py", "world/scenes.py"),
     output:
         f"{R}/rankclip/train/{{h}}/s{{seed}}/model.pt",
     log:
@@ -38,6 +38,7 @@ rule rankclip_eval:
         f"{R}/benchmarks/rankclip/eval/{{h}}/s{{seed}}.tsv"
     threads: COMPUTE_THREADS
     resources:
+        gpu=GPU,
         torch_threads=TORCH_THREADS,
     conda:
         ENV

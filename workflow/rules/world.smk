@@ -1,7 +1,8 @@
 rule world:
     input:
         cfg=stage_input("world"),
-        src=sources("world/__init__.py", "world/datasets.py", "world/scenes.py"),
+        src=sources("world/__init__.py", "world/datasets.py", "world/scenes.py",
+                    "data/shards.py"),
     output:
         f"{R}/world/{{h}}/summary.json",
     log:

@@ -1,8 +1,11 @@
 """Image–caption and class-folder datasets in the formats CC3M and ImageNet are distributed in.
 
 `ImageTextCsv` reads an open_clip-style CSV (``filepath``/``title`` columns, tab-separated,
-image paths relative to the CSV's folder). `ClassFolder` reads an ImageNet ``val`` layout
-(one folder per class, sorted) with a ``classnames.txt`` of human-readable names.
+image paths relative to the CSV's folder; for small sets — webdataset shards are
+`mmablate.data.shards`). `ClassFolder` reads an ImageNet ``val`` layout (one folder per class,
+sorted: for ImageNet the WordNet synsets, whose sorted order is the standard class order) with
+an optional ``classnames.txt`` of human-readable names; items are
+``(image, label)`` for a DataLoader.
 Both decode with PIL and apply the model's own preprocessing transform; with ``preload`` every
 image is decoded once into one tensor (the tiny scale's 32 px images fit in memory).
 """
@@ -81,7 +84,7 @@ class ClassFolder:
                                 f"{len(folders)} folders in {root}")
         else:
             names = [f.name.replace("_", " ") for f in folders]
-        self.classnames = names
+        self.classnames, self.folders = names, [f.name for f in folders]
         self.paths, self.labels = [], []
         for k, d in enumerate(folders):
             files = sorted(p for p in d.iterdir() if p.suffix in IMAGE_EXT)
@@ -93,3 +96,10 @@ class ClassFolder:
 
     def __len__(self):
         return len(self.paths)
+
+    def __getitem__(self, i):
+        """(image tensor, label): the preloaded tensor or the file decoded and transformed (a
+        DataLoader over the class folders, e.g. ImageNet-1K val)."""
+        img = self.images[i] if self.images is not None else self.transform(
+            open_image(self.paths[i]))
+        return img, self.labels[i]

@@ -1,5 +1,31 @@
-"""Zero-shot classification with CLIP: class text embeddings averaged over prompt templates."""
+"""Zero-shot classification with CLIP: class text embeddings averaged over prompt templates.
+
+`zeroshot_topk(model, tokenizer, images, labels, classnames, templates, ks, batch)` takes the
+evaluation images as one tensor with a tensor of labels (small sets, as before), or as a
+``DataLoader`` / any iterable of ``(images, labels)`` batches (``labels`` then ``None``): the
+ImageNet-1K validation set is streamed through a DataLoader with workers and classified on the
+model's device in batches. Class embeddings: each class's prompts encoded, L2-normalised,
+averaged and normalised again (CLIP's and open_clip's ``build_zero_shot_classifier``).
+
+`imagenet_metadata()`: open_clip's ImageNet-1K class names (``IMAGENET_CLASSNAMES``, the standard
+class order, i.e. the sorted WordNet synset folders) and the 80 OpenAI prompt templates
+(``OPENAI_IMAGENET_TEMPLATES``) — the setting every CLIP paper reports ImageNet zero-shot in.
+Templates are callables in open_clip and ``"{c}"`` format strings in the config; both work here.
+"""
 from __future__ import annotations
+
+import sys
+
+
+def imagenet_metadata():
+    """(1,000 class names in the standard order, the 80 OpenAI templates) from open_clip."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    return list(IMAGENET_CLASSNAMES), list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def _prompt(template, name: str) -> str:
+    return template(name) if callable(template) else template.format(c=name)
 
 
 def class_embeddings(model, tokenizer, classnames, templates, batch: int = 256):
@@ -11,28 +37,56 @@ def class_embeddings(model, tokenizer, classnames, templates, batch: int = 256):
     embs = []
     with torch.no_grad():
         for name in classnames:
-            toks = tokenizer([t.format(c=name) for t in templates]).to(dev)
-            e = model.encode_text(toks, normalize=True).mean(0)
+            prompts = [_prompt(t, name) for t in templates]
+            e = torch.cat([model.encode_text(tokenizer(prompts[i:i + batch]).to(dev),
+                                             normalize=True)
+                           for i in range(0, len(prompts), batch)]).mean(0)
             embs.append(e / e.norm())
     return torch.stack(embs)
 
 
+def _batches(images, labels, batch):
+    if labels is None:  # a DataLoader / iterable of (images, labels) batches
+        yield from images
+        return
+    for i in range(0, len(images), batch):
+        yield images[i:i + batch], labels[i:i + batch]
+
+
 def zeroshot_topk(model, tokenizer, images, labels, classnames, templates, ks=(1, 3, 5),
                   batch: int = 512) -> dict:
-    """Top-k accuracy (percent) of zero-shot classification, on the model's device."""
+    """Top-k accuracy (percent) of zero-shot classification, on the model's device.
+
+    ``images``: a tensor [N, 3, H, W] with ``labels`` a tensor [N], or an iterable of
+    ``(images, labels)`` batches with ``labels=None``. k above the class count counts as the
+    class count (every prediction is then correct)."""
     import torch
 
     from ..device import module_device
+    from ..errors import DataError
 
     dev = module_device(model)
     model.eval()
     W = class_embeddings(model, tokenizer, classnames, templates)
+    kmax = min(max(ks), len(classnames))
     correct = {k: 0 for k in ks}
+    n = 0
+    from tqdm import tqdm
+
+    total = len(images) if hasattr(images, "__len__") else None
+    if labels is not None:
+        total = -(-len(images) // batch)
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            f = model.encode_image(images[i:i + batch].to(dev), normalize=True)
-            top = (f @ W.T).topk(max(ks), dim=1).indices
-            y = labels[i:i + batch, None].to(dev)
+        for x, y in tqdm(_batches(images, labels, batch), total=total, desc="zero-shot",
+                         mininterval=10, file=sys.stderr, disable=total is not None and total < 20):
+            x = x.to(dev, non_blocking=True)
+            f = model.encode_image(x, normalize=True)
+            top = (f.float() @ W.T.float()).topk(kmax, dim=1).indices
+            y = torch.as_tensor(y).to(dev)[:, None]
+            hit = (top == y)
             for k in ks:
-                correct[k] += (top[:, :k] == y).any(dim=1).sum().item()
-    return {k: 100.0 * correct[k] / len(images) for k in ks}
+                correct[k] += hit[:, :k].any(dim=1).sum().item()
+            n += len(y)
+    if n == 0:
+        raise DataError("zero-shot evaluation: no images")
+    return {k: 100.0 * correct[k] / n for k in ks}

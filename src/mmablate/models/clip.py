@@ -48,7 +48,16 @@ def import_open_clip(model_cfg: dict | None = None):
 
 
 def build(model_cfg: dict):
-    """Returns (model, preprocess, tokenizer) for a stage's model block."""
+    """Returns (model, preprocess, tokenizer) for a stage's model block; ``preprocess`` is
+    open_clip's evaluation transform (resize, centre crop, normalise)."""
+    model, _, preprocess, tok = build_for_training(model_cfg)
+    return model, preprocess, tok
+
+
+def build_for_training(model_cfg: dict):
+    """Returns (model, train_transform, eval_transform, tokenizer): both transforms as
+    ``open_clip.create_model_and_transforms`` returns them (training: ``RandomResizedCrop`` at
+    scale 0.9–1, open_clip's default augmentation; evaluation: resize + centre crop)."""
     open_clip = import_open_clip(model_cfg)
 
     arch = model_cfg["arch"]
@@ -72,11 +81,11 @@ def build(model_cfg: dict):
                           f"model.cfg is given")
     else:
         tok = None
-    model, _, preprocess = open_clip.create_model_and_transforms(
+    model, train_pp, preprocess = open_clip.create_model_and_transforms(
         arch, pretrained=model_cfg.get("pretrained"), output_dict=True)
     if tok is None:
         tok = open_clip.get_tokenizer(arch)
-    return model, preprocess, tok
+    return model, train_pp, preprocess, tok
 
 
 def load_weights(model, path):

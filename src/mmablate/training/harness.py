@@ -33,7 +33,12 @@ Usage (a study's trainer)::
       after_step=None, group=False, summary=None, desc=None, columns=None, log_last=True,
       log_file="train_log.csv", summary_file="train_summary.json")``
     ``data``: a map-style dataset (``__len__`` / ``__getitem__``; ``__getitems__`` is used when
-    present; `Tensors` wraps aligned tensors). ``order(step) -> LongTensor`` gives the
+    present; `Tensors` wraps aligned tensors), or a ``torch.utils.data.IterableDataset`` that
+    splits itself by rank and DataLoader worker and never ends (a stream of webdataset shards,
+    `mmablate.data.shards.ShardStream`): the harness then batches ``micro_batch`` items per
+    rank (`stream_loader`), takes no ``order``, and on resume tells the dataset how many
+    micro-batches this rank had consumed (its ``start_at`` hook). Map-style datasets are read
+    exactly as before. ``order(step) -> LongTensor`` gives the
     ``effective_batch`` dataset indices of one optimizer step (default `epoch_order`: a
     permutation per epoch seeded by ``seed`` and the epoch; `SampledOrder` /
     ``h.sampled_order(n, generator)``: draws with replacement from one generator, checkpointed);
@@ -514,6 +519,23 @@ class Harness:
                           generator=torch.Generator().manual_seed(self.seed),
                           persistent_workers=False, **({"prefetch_factor": 4} if nw else {}))
 
+    def stream_loader(self, data, start: int = 0, collate=None):
+        """DataLoader over an ``IterableDataset`` that splits itself by rank and worker (e.g.
+        `mmablate.data.shards.ShardStream`): micro-batches of ``micro_batch`` consecutive items
+        of one worker, fetched round-robin from the workers. The dataset's ``start_at(batches,
+        micro_batch, num_workers, world_size)``, when it has one, is told the micro-batches this
+        rank consumed before step ``start`` (a resumed run)."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        nw = self.cfg.get("num_workers", 0)
+        if hasattr(data, "start_at"):
+            data.start_at(start * self.accum, self.micro_batch, nw, self.world_size)
+        return DataLoader(data, batch_size=self.micro_batch, num_workers=nw, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.seed),
+                          persistent_workers=False, **({"prefetch_factor": 4} if nw else {}))
+
     def sampled_order(self, n: int, generator) -> "SampledOrder":
         """`SampledOrder` of this run's effective batch (see there)."""
         return SampledOrder(n, self.settings["effective_batch"], generator)
@@ -529,16 +551,26 @@ class Harness:
 
         if self.optimizer is None:
             raise RuntimeError("Harness.fit before Harness.setup")
+        from torch.utils.data import IterableDataset
+
         acc = self.accelerator
         eff = self.settings["effective_batch"]
-        order = order or epoch_order(len(data), eff, self.seed)
-        ckpt = self._resumable(steps, ckpt_every, order)
-        start, log_rows = ckpt.resume()
+        if isinstance(data, IterableDataset):
+            if order is not None:
+                raise ValueError("fit: `order` is for map-style datasets; an IterableDataset "
+                                 "orders its own samples")
+            ckpt = self._resumable(steps, ckpt_every, None)
+            start, log_rows = ckpt.resume()
+            it = iter(self.stream_loader(data, start, collate))
+        else:
+            order = order or epoch_order(len(data), eff, self.seed)
+            ckpt = self._resumable(steps, ckpt_every, order)
+            start, log_rows = ckpt.resume()
+            sampler = StepSampler(order, start, steps, self.accum, self.cfg["batch_size"],
+                                  self.rank, self.world_size)
+            it = iter(self.loader(data, sampler, collate))
         for m in self._wrapped:
             m.train()
-        sampler = StepSampler(order, start, steps, self.accum, self.cfg["batch_size"], self.rank,
-                              self.world_size)
-        it = iter(self.loader(data, sampler, collate))
         bar = tqdm(range(start, steps), desc=desc or f"train seed {self.seed}",
                    disable=not (self.progress and self.is_main), mininterval=5, file=sys.stderr,
                    initial=start, total=steps)

@@ -1,7 +1,9 @@
 """Writes the synthetic world in the real datasets' on-disk formats.
 
-* image–caption pairs as a CC3M-style CSV (tab-separated, columns ``filepath`` and ``title``, the
-  layout open_clip's ``CsvDataset`` reads), images as PNG files beside it;
+* image–caption pairs as CC3M is distributed for CLIP training: webdataset tar shards in
+  img2dataset's layout (``cc3m/00000.tar`` … with ``<key>.png``/``.txt``/``.json`` members and
+  ``<shard>_stats.json`` beside each; PNG, img2dataset's ``encode_format="png"``, so the world's
+  pixels stay exact; `mmablate.data.shards`), ``world.shard_size`` samples per shard;
 * a held-out classification set in the ImageNet ``val/<class folder>/<image>`` layout with a
   ``classnames.txt`` (one human-readable class name per line, in folder order);
 * ``scenes.jsonl`` with the ground-truth scene of every image, for oracle metrics.
@@ -10,7 +12,7 @@ The paper scale points the same loaders (`mmablate.data`) at CC3M and ImageNet-1
 """
 from __future__ import annotations
 
-import csv
+import io
 import json
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from .scenes import WorldSampler, caption, render
 
-TRAIN_CSV = "cc3m/train.csv"
+TRAIN_SHARDS = "cc3m"
 CLASSIFY_DIR = "imagenet/val"
 CLASSNAMES = "imagenet/classnames.txt"
 SCENES = "scenes.jsonl"
@@ -35,20 +37,20 @@ def write_world(cfg: dict, out: Path, progress: bool = True) -> dict:
     rng = np.random.default_rng(cfg["seed"])
     sampler = WorldSampler(cfg["colours"], cfg["shapes"], cfg["max_objects"],
                            cfg.get("glyph_prob", 0.0))
+    from ..data.shards import ShardWriter
+
     size = cfg["image_size"]
-    (out / "cc3m/images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     scenes_f = open(out / SCENES, "w")
-    with open(out / TRAIN_CSV, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(["filepath", "title"])
+    with ShardWriter(out / TRAIN_SHARDS, maxcount=cfg.get("shard_size", 1000), ext="png") as w:
         for i in tqdm(range(cfg["n_train"]), desc="world: train pairs", disable=not progress,
                       mininterval=2):
             s = sampler.scene(rng)
-            rel = f"images/{i:06d}.png"
-            render(s, size, rng).save(out / "cc3m" / rel, compress_level=1)
-            w.writerow([rel, caption(s)])
-            scenes_f.write(json.dumps({"split": "train", "file": f"cc3m/{rel}",
-                                       "scene": s.to_dict()}) + "\n")
+            buf = io.BytesIO()
+            render(s, size, rng).save(buf, format="PNG", compress_level=1)
+            key = w.write(buf.getvalue(), caption(s), {"index": i})
+            scenes_f.write(json.dumps({"split": "train", "file": f"{TRAIN_SHARDS}/{key[:5]}.tar",
+                                       "key": key, "scene": s.to_dict()}) + "\n")
     # classnames.txt lists the classes in sorted folder order, as ImageNet's does
     labels = sorted((f"{c} {s}" for c in cfg["colours"] for s in cfg["shapes"]), key=class_folder)
     (out / CLASSNAMES).parent.mkdir(parents=True, exist_ok=True)

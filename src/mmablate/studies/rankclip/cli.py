@@ -38,10 +38,10 @@ def register(sub):
                    help="checkpoint and exit after this many steps (to test resuming)")
     s.set_defaults(fn=cmd_train, gpu=True)  # gpu: claims a free GPU (mmablate.gpu)
 
-    s = sub.add_parser("rankclip-eval", help="zero-shot top-1/3/5 of a trained CLIP")
+    s = sub.add_parser("rankclip-eval", help="zero-shot top-1/3/5/10 of a trained CLIP")
     s.add_argument("--config", required=True)
     s.add_argument("--model", required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_eval)  # a CPU stage: zero-shot of a small model (rule rankclip_eval)
+    s.set_defaults(fn=cmd_eval, gpu=True)  # ImageNet-1K zero-shot on the claimed GPU (paper)

@@ -32,8 +32,23 @@ def check_value(key: str, value) -> None:
 def validate(scfg: dict, where: str) -> None:
     from ...training.schedule import check_warmup
 
-    check_warmup(scfg["train"], where, "train")
-    data = scfg["data"]
+    tc, data, ev = scfg["train"], scfg["data"], scfg["eval"]
+    if (tc.get("steps") is None) == (tc.get("epochs") is None):
+        raise ConfigError(f"{where}.train: set exactly one of steps and epochs, the other null "
+                          f"(epochs: over the data's sample count)")
+    if tc.get("steps") is not None:
+        check_warmup(tc, where, "train")
+    if (data.get("train_shards") is None) == (data.get("train_csv") is None):
+        raise ConfigError(f"{where}.data: set exactly one of train_shards (webdataset shards) "
+                          f"and train_csv (an open_clip CSV), the other null")
+    if data.get("cache") and data.get("train_transform", "open_clip_train") == "open_clip_train":
+        raise ConfigError(f"{where}.data.cache: a cached set is transformed once, which would "
+                          f"freeze the random crop of train_transform open_clip_train; set "
+                          f"data.train_transform: eval or data.cache: false")
+    if ev.get("class_source", "files") == "files":
+        for k in ("classnames", "templates"):
+            if k not in ev:
+                raise ConfigError(f"{where}.eval.{k}: required with eval.class_source files")
     if data["source"] == "files":
         for k in ("root", "eval_root"):
             if not Path(data.get(k, "")).is_dir():
@@ -61,8 +76,9 @@ def train_config(P, scfg: dict) -> tuple[str, dict]:
     if loss["rank_weight"] == 0:
         loss["decay"] = None
     root, _ = data_dirs(P, scfg)
+    data = {k: v for k, v in scfg["data"].items() if k not in ("source", "root", "eval_root")}
     cfg = {"model": scfg["model"], "train": scfg["train"], "loss": loss,
-           "data": {"root": root, "train_csv": scfg["data"]["train_csv"]}}
+           "data": dict(data, root=root)}
     return P.add_stage("rankclip_train", cfg,
                        needs={"world": P.ref("world", P.hash_of_dir("world", root))}), cfg
 

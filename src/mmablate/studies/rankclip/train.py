@@ -14,8 +14,27 @@ Runs on the training harness (`mmablate.training.harness`): one process or N ran
   from the seed and the epoch, so a run killed and resumed from its last checkpoint reaches the
   same weights as an uninterrupted one.
 
-AdamW betas come from ``train.betas`` (default 0.9/0.98), eps 1e-6 (open_clip_train's defaults
-for ViT; the authors' CyCLIP-based code uses 0.9/0.999 and 1e-8).
+Data (``data`` block): webdataset shards in img2dataset's layout (``data.train_shards``: a folder
+or brace pattern under ``data.root``; `mmablate.data.shards`) — streamed (`ShardStream`, the
+paper scale: decoded in the harness's DataLoader workers, split by rank and worker, shuffle
+buffer ``data.shuffle_buffer``) or, with ``data.cache: true``, decoded once into memory and read
+in the harness's seeded epoch order (the tiny world's 8,000 32-px pairs); or an open_clip-style
+CSV (``data.train_csv``, small sets). ``data.train_transform``: ``open_clip_train`` (open_clip's
+training transform, ``create_model_and_transforms``' first: RandomResizedCrop at scale 0.9–1) or
+``eval`` (resize + centre crop). The authors' code trains with the evaluation-style transform
+(Jam1ezhang/RankCLIP ``pkgs/openai/clip.py``: ``Resize``, ``CenterCrop``, ``Normalize`` for
+training and evaluation alike); the paper scale uses open_clip's training transform, as
+open_clip_train does.
+
+Budget: ``train.steps``, or ``train.epochs`` over the sample count (the shards' stats files or
+``data.num_samples``): steps = epochs × ⌊samples / effective batch⌋, as the authors' loop
+(``num_batches × epochs`` with ``drop_last``; 64 epochs at batch 128 in their parser).
+
+AdamW: betas ``train.betas``, eps ``train.eps``, default 0.9/0.98 and 1e-6 (open_clip_train's
+defaults for ViTs); the paper overlay sets the authors' 0.9/0.999 and 1e-8 (RankCLIP
+``rankclip/parser.py``: ``--beta1 0.9 --beta2 0.999 --eps 1e-8``, ``--weight_decay 0.1``,
+``--lr 5e-4``, ``--num_warmup_steps 10000``; no decay on bn/ln/bias/logit_scale, as
+`param_groups`).
 """
 from __future__ import annotations
 
@@ -56,11 +75,62 @@ def make_step(h, loss_fn):
     return step
 
 
+def resolve_steps(tc: dict, n: int, eff: int) -> int:
+    """``train.steps``, or ``train.epochs`` × ⌊n / eff⌋ (the authors' drop-last epochs)."""
+    from ...errors import ConfigError
+
+    if tc.get("steps"):
+        return int(tc["steps"])
+    if not tc.get("epochs"):
+        raise ConfigError("train: set train.steps or train.epochs")
+    per_epoch = n // eff
+    if per_epoch < 1:
+        raise ConfigError(f"train.epochs: {n} samples make no full batch of {eff}")
+    return int(tc["epochs"]) * per_epoch
+
+
+def training_data(cfg: dict, root, seed: int, train_pp, eval_pp, tok, progress: bool = True):
+    """(dataset, sample count, extra summary) of the stage's ``data`` block (see the module
+    docstring): a `ShardStream`, a cached `Tensors` of the shards, or the CSV's `Tensors`."""
+    from ...data import shards as S
+    from ...data.imagetext import ImageTextCsv
+    from ...errors import ConfigError
+
+    d, tc = cfg["data"], cfg["train"]
+    kind = d.get("train_transform", "open_clip_train")
+    transform = {"open_clip_train": train_pp, "eval": eval_pp}.get(kind)
+    if transform is None:
+        raise ConfigError(f"data.train_transform: {kind!r}; known: open_clip_train, eval")
+    limit = tc.get("max_samples")
+    if d.get("train_shards"):
+        shards = S.expand_shards(d["train_shards"], root)
+        if d.get("cache", False):
+            if kind == "open_clip_train":
+                raise ConfigError("data.cache: a cached set is transformed once; the random crop "
+                                  "of train_transform open_clip_train would be frozen (use eval, "
+                                  "or stream with cache: false)")
+            images, texts, skipped = S.read_all(shards, transform, tok, progress=progress)
+            if limit:
+                images, texts = images[:limit], texts[:limit]
+            return Tensors(images, texts), len(images), {"skipped_corrupt": skipped}
+        if limit:
+            raise ConfigError("train.max_samples: only for a cached or CSV set (a stream reads "
+                              "whole shards; list fewer shards instead)")
+        n = S.num_samples(shards, d.get("num_samples"))
+        stream = S.ShardStream(shards, transform, tok, seed=seed,
+                               shuffle_buffer=d.get("shuffle_buffer", 1000),
+                               counts=S.shard_counts(shards))
+        return stream, n, {"shards": len(shards)}
+    data = ImageTextCsv(Path(root) / d["train_csv"], transform, limit=limit)
+    texts = tok(data.captions)
+    return (Tensors(data.images, texts) if data.images is not None else _ImageText(data, texts),
+            len(data), {})
+
+
 def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: int | None = None,
           progress: bool = True) -> dict:
     import torch
 
-    from ...data.imagetext import ImageTextCsv
     from ...errors import ConfigError
     from ...models import clip as clipm
     from .losses import RankCLIPLoss
@@ -70,23 +140,25 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
     h = Harness(tc, seed=seed, out_dir=out.parent, where="train", threads=threads,
                 stop_after=stop_after, progress=progress)
     torch.manual_seed(seed)
-    model, preprocess, tok = clipm.build(cfg["model"])
-    data = ImageTextCsv(Path(world_dir) / cfg["data"]["train_csv"], preprocess,
-                        limit=tc.get("max_samples"))
-    texts = tok(data.captions)
+    model, train_pp, eval_pp, tok = clipm.build_for_training(cfg["model"])
+    dataset, n, extra = training_data(cfg, world_dir, seed, train_pp, eval_pp, tok,
+                                      progress=progress and h.is_main)
     eff = h.settings["effective_batch"]
-    if eff > len(data):
+    if eff > n:
         key = "effective_batch" if tc.get("effective_batch") else "batch_size"
-        raise ConfigError(f"train.{key} {eff} exceeds the {len(data)} samples")
+        raise ConfigError(f"train.{key} {eff} exceeds the {n} samples")
+    steps = resolve_steps(tc, n, eff)
+    if tc["warmup"] >= steps > 1:
+        raise ConfigError(f"train.warmup: {tc['warmup']} must be below the {steps} steps")
     loss_fn = RankCLIPLoss(cfg["loss"]["rank_weight"], cfg["loss"]["decay"])
     cuda = h.device.type == "cuda"
     h.setup(model,
             # fused AdamW is one kernel per step on CUDA (the CPU keeps the reference one)
             lambda m: torch.optim.AdamW(param_groups(m, tc["weight_decay"]), lr=tc["lr"],
-                                        betas=tuple(tc.get("betas", (0.9, 0.98))), eps=1e-6,
+                                        betas=tuple(tc.get("betas", (0.9, 0.98))),
+                                        eps=tc.get("eps", 1e-6),
                                         **({"fused": True} if cuda else {})),
-            lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"]))
-    dataset = Tensors(data.images, texts) if data.images is not None else _ImageText(data, texts)
+            lambda opt: make_scheduler(opt, tc["warmup"], steps))
 
     step = make_step(h, loss_fn)
 
@@ -94,9 +166,10 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
         with torch.no_grad():  # clamp the temperature as CLIP does (logit scale ≤ 100)
             h.unwrapped.logit_scale.clamp_(0, 4.6052)
 
-    result = h.fit(step, dataset, steps=tc["steps"], ckpt_every=tc["ckpt_every"],
+    result = h.fit(step, dataset, steps=steps, ckpt_every=tc["ckpt_every"],
                    log_every=tc.get("log_every", 10), group=True, after_step=clamp,
-                   desc=f"train seed {seed}")
+                   desc=f"train seed {seed}",
+                   summary=dict(extra, num_samples=n, epochs=round(steps * eff / n, 3)))
     if "stopped_at" in result:
         return result
     h.save_final(h.unwrapped.state_dict(), out)
