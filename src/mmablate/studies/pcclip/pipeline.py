@@ -6,7 +6,9 @@ Stages (each a job per distinct config; shared work is its own stage):
     rankclip_train    the base CLIP (tiny: RankCLIP's stage with λ = 0, the same job)   — per seed
     pcclip_captioner  a small LM of the captioner's family trained on the world corpus  — per captioner (tiny)
     pcclip_captions   difference captions of the training pairs, filtered               — per captioner
-    pcclip_embed      the base model's image embeddings of the training pairs           — per base seed
+    pcclip_embed      the base model's image embeddings of the training and evaluation
+                      pairs (each distinct image once; read by the text-only finetunes and by
+                      the evaluations of models whose image tower is the base's) — per base seed
     pcclip_finetune   PC-CLIP finetuning of one variant                                 — per variant × seed
     pcclip_eval       the metrics of a variant, or of the base model (reference row)     — per variant × seed
 """
