@@ -218,17 +218,64 @@ def test_combine_ops():
         Combine("add", 8)
 
 
-def test_losses_against_direct_computation():
+def _authors_clip_loss(image_embed, text_embed, temperature=0.1):
+    """dsam99/pc_clip finetune.py `clip_loss`, transcribed (the NaN guard left out)."""
+    image_embed = image_embed / image_embed.norm(dim=-1, keepdim=True)
+    text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
+    labels = torch.arange(image_embed.shape[0])
+    logits = image_embed @ text_embed.t() / temperature
+    loss_i = F.cross_entropy(logits, labels, reduction="none").mean()
+    loss_t = F.cross_entropy(logits.t(), labels, reduction="none").mean()
+    return (loss_i + loss_t) / 2
+
+
+def _authors_inputs(seed, n=6, d=8):
+    """As their loop: unit image embeddings prefix1, prefix2 and a unit caption embedding."""
+    g = torch.Generator().manual_seed(seed)
+    p1, p2, txt = (torch.randn(n, d, generator=g) for _ in range(3))
+    p1, p2 = p1 / p1.norm(dim=-1, keepdim=True), p2 / p2.norm(dim=-1, keepdim=True)
+    return p1, p2, txt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contrastive_is_the_authors_clip_loss_at_temperature_1(seed):
+    p1, p2, txt = _authors_inputs(seed)
+    comp = txt / txt.norm(dim=-1, keepdim=True)
+    theirs = _authors_clip_loss(comp, p1 - p2, temperature=1)
+    ours = PairLoss("contrastive")(Combine("subtract", 8)(p1, p2), txt)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    # the named option: the pretrained model's logit scale (temperature 1 / scale)
+    scale = torch.tensor(100.0)
+    theirs_t = _authors_clip_loss(comp, p1 - p2, temperature=1 / 100.0)
+    ours_t = PairLoss("contrastive", temperature="pretrained")(p1 - p2, txt, scale)
+    assert float(ours_t) == pytest.approx(float(theirs_t), rel=1e-5)
+    assert float(PairLoss("contrastive", temperature=0.5)(p1 - p2, txt)) == pytest.approx(
+        float(_authors_clip_loss(comp, p1 - p2, temperature=0.5)), rel=1e-6)
+    assert abs(float(ours_t) - float(ours)) > 1e-3  # the two temperatures are different losses
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_squared_is_the_authors_mse_on_the_raw_difference(seed):
+    p1, p2, txt = _authors_inputs(seed)
+    comp = txt / txt.norm(dim=-1, keepdim=True)
+    theirs = torch.nn.MSELoss()(comp, p1 - p2)
+    ours = PairLoss("squared")(Combine("subtract", 8)(p1, p2), txt)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    # not the normalised difference (the loss before): a different loss, not a constant factor
+    vn = F.normalize(p1 - p2, dim=1)
+    assert abs(float(ours) - float(((vn - comp) ** 2).mean())) > 1e-4
+    # gradients reach the text side as theirs
+    t = txt.clone().requires_grad_(True)
+    PairLoss("squared")(p1 - p2, t).backward()
+    t2 = txt.clone().requires_grad_(True)
+    torch.nn.MSELoss()(t2 / t2.norm(dim=-1, keepdim=True), p1 - p2).backward()
+    assert torch.allclose(t.grad, t2.grad, atol=1e-7)
+
+
+def test_hinge_against_direct_computation_and_finite_at_batch_1():
     g = torch.Generator().manual_seed(1)
     v, t = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
     vn, tn = F.normalize(v, dim=1), F.normalize(t, dim=1)
-    scale = torch.tensor(20.0)
-    logits = scale * vn @ tn.T
-    y = torch.arange(5)
-    clip = 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y))
-    assert float(PairLoss("contrastive")(v, t, scale)) == pytest.approx(float(clip), rel=1e-5)
-    mse = sum(float(((vn[i] - tn[i]) ** 2).sum()) for i in range(5)) / 5
-    assert float(PairLoss("squared")(v, t, scale)) == pytest.approx(mse, rel=1e-5)
     s, m, terms_t, terms_i = vn @ tn.T, 0.3, [], []
     for i in range(5):
         for j in range(5):
@@ -236,12 +283,30 @@ def test_losses_against_direct_computation():
                 terms_t.append(max(0.0, m - float(s[i, i]) + float(s[i, j])))
                 terms_i.append(max(0.0, m - float(s[j, j]) + float(s[i, j])))
     direct = 0.5 * (sum(terms_t) / 20 + sum(terms_i) / 20)
-    assert float(PairLoss("hinge", m)(v, t, scale)) == pytest.approx(direct, rel=1e-5)
+    assert float(PairLoss("hinge", m)(v, t)) == pytest.approx(direct, rel=1e-5)
     assert float(hinge_loss(tn, tn, 0.0)) == 0.0  # positives at cos 1 beat every negative
+    one = v[:1].clone().requires_grad_(True)
+    loss = PairLoss("hinge", m)(one, t[:1])
+    assert torch.isfinite(loss) and float(loss.detach()) == 0.0
+    loss.backward()  # the graph is kept: a batch of one is a no-op step, not an error
+    assert torch.equal(one.grad, torch.zeros_like(one))
+    for kind in ("contrastive", "squared"):  # finite at batch size 1 too
+        assert torch.isfinite(PairLoss(kind)(v[:1], t[:1]))
+
+
+def test_loss_errors():
+    v = torch.randn(5, 8)
     with pytest.raises(ValueError, match="dimension 8 but the text embedding 6"):
-        PairLoss("squared")(v, torch.randn(5, 6), scale)
+        PairLoss("squared")(v, torch.randn(5, 6))
     with pytest.raises(ValueError, match="unknown loss 'l1'"):
         PairLoss("l1")
+    with pytest.raises(ValueError, match="needs the model's logit scale"):
+        PairLoss("contrastive", temperature="pretrained")(v, v)
+    from mmablate.studies.pcclip.losses import check_temperature
+    with pytest.raises(ConfigError, match="x.temperature: 0 must be a number > 0"):
+        check_temperature(0, "x.temperature")
+    check_temperature("pretrained", "x")
+    check_temperature(1, "x")
 
 
 # ---- metrics ------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ rule pcclip_eval:
         f"{R}/pcclip/eval/{{h}}/s{{seed}}/metrics.json",
     params:
         model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
+        embed=lambda w, input: f"--embed {input.embed}" if "embed" in input.keys() else "",
     log:
         f"logs/pcclip/eval/{{h}}/s{{seed}}.log",
     benchmark:
@@ -138,4 +139,5 @@ rule pcclip_eval:
         ENV
     shell:
         "python -m mmablate pcclip-eval --config {input.cfg} --seed {wildcards.seed}"
-        " {params.model} --out {output} --threads {resources.torch_threads} > {log} 2>&1"
+        " {params.model} {params.embed} --out {output} --threads {resources.torch_threads}"
+        " > {log} 2>&1"

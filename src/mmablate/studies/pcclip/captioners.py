@@ -15,7 +15,10 @@ model family:
 * `TemplateCaptioner` — writes the ground-truth difference from the pair's known attributes
   (`mmablate.world.pairs.difference`); the reference against which caption accuracy is measured.
 
-At paper scale each model is loaded by hub id (``from_pretrained``). At the tiny scale no weights
+At paper scale each model is loaded by hub id (``from_pretrained``); on the claimed GPU every
+family (Llama-2-13B-chat, GPT-J-6B, BERT-large, Flan-T5-XL) loads in bf16 straight onto it
+(`load_kwargs`) and generates greedily in batches of ``captions.batch_size`` (left padding for
+the causal LMs); on the CPU (the tiny scale) in fp32. At the tiny scale no weights
 exist, so `train_captioner` builds a small model of the family from a config
 (LlamaForCausalLM / GPT2LMHeadModel / BertForMaskedLM / T5ForConditionalGeneration) with a
 word-level tokenizer, trains it from scratch on the world's description corpus (pairs of scene
@@ -243,31 +246,54 @@ class Captioner:
         raise NotImplementedError
 
 
+def load_kwargs(device: str) -> dict:
+    """``from_pretrained`` arguments: on a GPU the weights load straight onto it in bf16 (a
+    13B model is 26 GB there, not 52 GB in fp32 staged on the host); on the CPU, fp32."""
+    if device == "cuda":
+        import torch
+
+        return {"dtype": torch.bfloat16, "device_map": "cuda"}
+    return {}
+
+
 def _load(source, cls_name: str):
     import transformers as tf
 
-    try:
-        tok = tf.AutoTokenizer.from_pretrained(source)
-        model = getattr(tf, cls_name).from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise DataError(f"captioner model {source!r} cannot be loaded: {e}") from None
     from ...device import torch_device
 
-    model.eval().to(torch_device())  # generation on the GPU cli.main claimed, or the CPU
+    dev = torch_device()  # generation on the GPU cli.main claimed, or the CPU
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(source)
+        model = getattr(tf, cls_name).from_pretrained(source, **load_kwargs(dev))
+    except (OSError, ValueError) as e:
+        raise DataError(f"captioner model {source!r} cannot be loaded: {e}") from None
+    if dev != "cuda":
+        model.to(dev)
+    model.eval()
     return tok, model
+
+
+def _pipeline(task: str, model, tok):
+    from transformers import pipeline
+
+    # a model placed by device_map stays where accelerate put it; otherwise name its device
+    kw = {} if getattr(model, "hf_device_map", None) else {"device": model.device}
+    return pipeline(task, model=model, tokenizer=tok, **kw)
 
 
 class CausalCaptioner(Captioner):
     def caption(self, pairs):
-        from transformers import pipeline
-
         tok, model = _load(self.source, "AutoModelForCausalLM")
-        tok.padding_side = "left"
+        tok.padding_side = "left"  # batched generation: prompts end where the answers start
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        pipe = pipeline("text-generation", model=model, tokenizer=tok, device=model.device)
+        if self.spec.get("chat") and not getattr(tok, "chat_template", None):
+            raise ConfigError(f"captioner {self.source!r}: `chat: true` but its tokenizer has no "
+                              f"chat template (use a chat model, e.g. Llama-2-13b-chat-hf, or "
+                              f"`chat: false`)")
+        pipe = _pipeline("text-generation", model, tok)
         prompts = self.prompts(pairs)
-        if self.spec.get("chat"):
+        if self.spec.get("chat"):  # the tokenizer's chat template ([INST] … [/INST] for Llama-2)
             inputs = [[{"role": "user", "content": p}] for p in prompts]
         else:
             bos = tok.bos_token or ""
@@ -285,13 +311,11 @@ class CausalCaptioner(Captioner):
 
 class MaskedCaptioner(Captioner):
     def caption(self, pairs):
-        from transformers import pipeline
-
         tok, model = _load(self.source, "AutoModelForMaskedLM")
         meta = Path(self.source) / "mmablate_captioner.json"
         slots = json.loads(meta.read_text())["slots"] if meta.is_file() else \
             self.spec.get("slots", 12)
-        pipe = pipeline("fill-mask", model=model, tokenizer=tok, device=model.device)
+        pipe = _pipeline("fill-mask", model, tok)
         sep = f" {tok.sep_token} " if tok.sep_token else " "
         prompts = [p + sep for p in self.prompts(pairs)]
         filled = [[] for _ in prompts]
@@ -315,9 +339,12 @@ class Seq2SeqCaptioner(Captioner):
     def caption(self, pairs):
         import torch
 
-        tok, model = _load(self.source, "AutoModelForSeq2SeqLM")
+        from tqdm import tqdm
+
+        tok, model = _load(self.source, "AutoModelForSeq2SeqLM")  # on the GPU, bf16, as the others
         prompts, texts = self.prompts(pairs), []
-        for i in range(0, len(prompts), self.batch_size):
+        for i in tqdm(range(0, len(prompts), self.batch_size), desc="captions (seq2seq)",
+                      mininterval=10):
             enc = tok(prompts[i:i + self.batch_size], return_tensors="pt",
                       padding=True).to(model.device)
             with torch.no_grad():

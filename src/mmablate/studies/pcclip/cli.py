@@ -113,11 +113,17 @@ def cmd_eval(a):
     cfg = _cfg(a.config)
     t0 = time.time()
     metrics, chance, extra = evaluate(cfg, _base(cfg, a.seed), a.model, cfg.get("world_root"),
-                                      a.threads)
+                                      a.threads, embeddings=a.embed)
     extra["wall_s"] = round(time.time() - t0, 2)
     write_json(a.out, {"study": "pcclip", "seed": a.seed, "metrics": metrics, "chance": chance,
                        "config": cfg, "model": a.model, "extra": extra})
     print(json.dumps(metrics))
+
+
+def cmd_coco_eval_pairs(a):
+    from .data import coco_eval_pairs
+
+    print(json.dumps(coco_eval_pairs(a.captions_json, a.image_dir, a.out, a.n_pairs, a.seed)))
 
 
 def register(sub):
@@ -139,4 +145,16 @@ def register(sub):
         ("--captions", {"required": True}), ("--embed", {"default": None}),
         ("--stop-after", {"type": int, "default": None}))
     add("pcclip-eval", cmd_eval, "difference, zero-shot, CLIPScore, arithmetic metrics", seed,
-        ("--model", {"default": None, "help": "PC-CLIP checkpoint (none: the base model)"}))
+        ("--model", {"default": None, "help": "PC-CLIP checkpoint (none: the base model)"}),
+        ("--embed", {"default": None, "help": "the base model's image embeddings (pcclip-embed), "
+                                              "for a model whose image tower was not trained"}))
+
+    s = sub.add_parser("pcclip-coco-eval-pairs",
+                       help="evaluation pairs (eval_pairs.csv) from COCO caption annotations "
+                            "(captions_val2017.json): minimal caption pairs")
+    s.add_argument("--captions-json", required=True, help="COCO annotations/captions_*.json")
+    s.add_argument("--image-dir", required=True, help="its image folder (e.g. coco/val2017)")
+    s.add_argument("--out", required=True, help="the CSV to write (pairs.eval_csv)")
+    s.add_argument("--n-pairs", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_coco_eval_pairs, gpu=False)

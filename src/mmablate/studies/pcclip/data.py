@@ -15,7 +15,8 @@ absolute) has the columns
 The world writes its pairs in this format (`write_world_pairs`); the paper scale builds the
 training pairs from COCO's caption annotations (`coco_pairs`: ``captions_train2017.json`` and
 its image folder; the paper samples 1000 images) and reads held-out evaluation pairs from a CSV in
-the same format.
+the same format, which `coco_eval_pairs` (``python -m mmablate pcclip-coco-eval-pairs``) builds
+from COCO's validation captions (``captions_val2017.json``): see there.
 
 `captions.csv` (one row per training pair): ``pair`` (row index among the training pairs),
 ``text``, ``kept`` (1/0), ``reason`` (why a degenerate generation was dropped).
@@ -106,15 +107,8 @@ def write_world_pairs(cfg: dict, out_dir, progress: bool = True) -> dict:
     return {split: sum(r["split"] == split for r in rows) for split in ("lm", "train", "eval")}
 
 
-def coco_pairs(cfg: dict, out_dir) -> dict:
-    """Training pairs from COCO caption annotations (paper scale), plus the evaluation CSV's rows.
-
-    ``cfg``: captions_json (COCO ``annotations/captions_*.json``), image_dir, n_images (the
-    paper's 1000), n_train (pairs), seed, eval_csv (held-out pairs in the pairs format).
-    """
-    import numpy as np
-
-    p = Path(cfg["captions_json"])
+def _read_coco(p) -> dict:
+    p = Path(p)
     try:
         ann = json.loads(p.read_text())
     except FileNotFoundError:
@@ -124,6 +118,22 @@ def coco_pairs(cfg: dict, out_dir) -> dict:
     for k in ("images", "annotations"):
         if k not in ann:
             raise DataError(f"{p}: no {k!r} key; is this a COCO captions file?")
+    for i, a in enumerate(ann["annotations"]):
+        if not isinstance(a, dict) or "image_id" not in a or "caption" not in a:
+            raise DataError(f"{p}: annotations[{i}] has no image_id/caption")
+    return ann
+
+
+def coco_pairs(cfg: dict, out_dir) -> dict:
+    """Training pairs from COCO caption annotations (paper scale), plus the evaluation CSV's rows.
+
+    ``cfg``: captions_json (COCO ``annotations/captions_*.json``), image_dir, n_images (the
+    paper's 1000), n_train (pairs), seed, eval_csv (held-out pairs in the pairs format).
+    """
+    import numpy as np
+
+    p = Path(cfg["captions_json"])
+    ann = _read_coco(p)
     first = {}
     for a in ann["annotations"]:
         first.setdefault(a["image_id"], a["caption"].strip())
@@ -145,6 +155,95 @@ def coco_pairs(cfg: dict, out_dir) -> dict:
         rows.append({k: r.get(k, "") for k in COLUMNS})
     write_pairs(Path(out_dir) / "pairs.csv", rows)
     return {"train": cfg["n_train"], "eval": len(rows) - cfg["n_train"], "images": len(chosen)}
+
+
+# ---- the paper scale's evaluation pairs from COCO captions ----------------------------------
+# Attribute words of COCO captions; words of one class are synonyms (no difference between them)
+COCO_ATTRIBUTE_WORDS = {
+    "colour": {w: w for w in ("red", "orange", "yellow", "green", "blue", "purple", "pink",
+                              "brown", "black", "white", "silver", "gold")} | {
+        "gray": "grey", "grey": "grey"},
+    "count": {w: w for w in ("two", "three", "four", "five", "six", "seven", "eight", "nine",
+                             "ten")},
+    "size": {"small": "small", "little": "small", "tiny": "small",
+             "large": "large", "big": "large", "huge": "large"},
+}
+
+
+def _caption_words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def coco_eval_pairs(captions_json, image_dir, out, n_pairs: int = 1000, seed: int = 0) -> dict:
+    """Held-out evaluation pairs (the pairs.csv format, split ``eval``) from COCO captions.
+
+    The paper's difference-based classification runs on attribute-annotated sets (CUB, AwA2,
+    CIFAR-100 sizes, Flowers colours) with LLM-written differences; for COCO nobody annotated
+    the difference between two images. This builds one that needs no model: *minimal caption
+    pairs* — two captions of two different images identical but for one attribute word (a
+    colour, a number, a size: ``a red bus parked on the street`` / ``a blue bus parked on the
+    street``), e.g. from ``captions_val2017.json`` (images disjoint from the training pairs,
+    which come from train2017). For such a pair the difference text is ``<word A> <next word>
+    instead of <word B> <next word>`` (``red bus instead of blue bus``), the reverse swapped;
+    colour pairs also get the embedding-arithmetic phrases (``red bus`` → ``blue bus``). Synonyms
+    (big/large, gray/grey) do not make a pair. Pairs are drawn in a seeded order with every image
+    used at most once (the arithmetic gallery holds each image once), at most `n_pairs`.
+    """
+    import numpy as np
+
+    p = Path(captions_json)
+    ann = _read_coco(p)
+    files = {im["id"]: im["file_name"] for im in ann["images"]}
+    groups: dict[tuple, list] = {}
+    for a in ann["annotations"]:
+        if a["image_id"] not in files:
+            continue
+        ws = _caption_words(a["caption"])
+        for i, w in enumerate(ws):
+            for attr, vocab in COCO_ATTRIBUTE_WORDS.items():
+                if w in vocab:
+                    key = (attr, tuple(ws[:i]), tuple(ws[i + 1:]))
+                    groups.setdefault(key, []).append((a["image_id"], w, i, a["caption"].strip()))
+    candidates = []
+    for (attr, _, after), members in sorted(groups.items()):
+        vocab = COCO_ATTRIBUTE_WORDS[attr]
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                ia, wa, i, ca = members[x]
+                ib, wb, _, cb = members[y]
+                if ia != ib and vocab[wa] != vocab[wb]:
+                    candidates.append((attr, ia, wa, ca, ib, wb, cb, after[0] if after else ""))
+    if not candidates:
+        raise DataError(f"{p}: no minimal caption pairs (two images' captions that differ in one "
+                        f"colour, number or size word)")
+    rng = np.random.default_rng(seed)
+    used, rows = set(), []
+    img_dir = Path(image_dir)
+    for k in rng.permutation(len(candidates)):
+        attr, ia, wa, ca, ib, wb, cb, nxt = candidates[k]
+        if ia in used or ib in used:
+            continue
+        if rng.random() < 0.5:  # which image comes first: not the caption file's order
+            ia, wa, ca, ib, wb, cb = ib, wb, cb, ia, wa, ca
+        used |= {ia, ib}
+        pa, pb = f"{wa} {nxt}".strip(), f"{wb} {nxt}".strip()
+        r = {"split": "eval", "image_a": str(img_dir / files[ia]),
+             "image_b": str(img_dir / files[ib]), "caption_a": ca, "caption_b": cb,
+             "attribute": attr, "difference": f"{pa} instead of {pb}",
+             "reverse": f"{pb} instead of {pa}"}
+        if attr == "colour":
+            r["phrase_a"], r["phrase_b"] = pa, pb
+        rows.append(r)
+        if len(rows) == n_pairs:
+            break
+    write_pairs(out, rows)
+    by = {}
+    for r in rows:
+        by[r["attribute"]] = by.get(r["attribute"], 0) + 1
+    return {"pairs": len(rows), "candidates": len(candidates), "by_attribute": by,
+            "out": str(out)}
 
 
 def write_captions(path, rows) -> None:

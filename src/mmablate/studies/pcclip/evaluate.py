@@ -9,13 +9,19 @@ classification, CLIPScore and embedding arithmetic, for the base model or a fine
   a constant positive bias from scoring 100%. Chance 50%.
 * ``diff_mc_acc`` — multiple choice: the true text, its reverse (how B differs from A) and
   ``n_distractors`` other pairs' texts; correct when the true text has the highest cosine.
-* ``zeroshot_acc`` — top-1 zero-shot accuracy on the class-folder set (prompt ensemble).
+* ``zeroshot_acc`` — top-1 zero-shot accuracy on the class-folder set (prompt ensemble), the
+  images streamed through a `DataLoader` (`LoaderImages`) to the claimed device.
 * ``clipscore`` — 100·max(cos(image, caption), 0), mean over the evaluation images and their
   captions, computed with the model under test (torchmetrics' CLIPScore is broken with
   transformers 5 and only loads HF CLIP models; this is its formula over open_clip).
 * ``arithmetic_acc`` — for pairs that differ in colour or shape: the query
   image(A) − text(phrase of A's object) + text(phrase of B's object) must retrieve B (top-1)
   from the gallery of every such pair's A and B images. Chance 100/(2N).
+
+The evaluation pairs' image embeddings: for a model whose image tower was not trained (the base
+model, text-encoder-only variants) they are the base model's, read from the `embed_pairs` file
+(``--embed``) instead of being recomputed; otherwise each distinct image is read through a
+`DataLoader` and encoded on the claimed device.
 """
 from __future__ import annotations
 
@@ -92,32 +98,94 @@ def arithmetic(model, tok, fa, fb, phrase_a, phrase_b) -> float:
     return 100.0 * float((top == target).float().mean())
 
 
-def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str | None,
-             threads: int = 1) -> tuple[dict, dict]:
-    import numpy as np
+class LoaderImages:
+    """A sliceable stand-in for a stacked image tensor, read in order through a `DataLoader`:
+    ``images[i:i + batch]`` (the only access `metrics.zeroshot.zeroshot_topk` makes, ``batch``
+    = the loader's) returns the loader's next batch, so a 50k-image ImageNet validation set is
+    never held in memory. Out-of-order slices are an error."""
+
+    def __init__(self, dataset, batch: int, workers: int = 0, progress: bool = True,
+                 desc: str = "zero-shot images"):
+        from tqdm import tqdm
+
+        from .finetune import image_loader
+
+        self.n, self.batch = len(dataset), batch
+        self._it = iter(tqdm(image_loader(dataset, batch, workers), desc=desc,
+                             disable=not progress, mininterval=5))
+        self._next = 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, sl):
+        if not isinstance(sl, slice) or (sl.start or 0) != self._next:
+            raise IndexError(f"LoaderImages reads batches in order: expected a slice from "
+                             f"{self._next}, got {sl!r}")
+        x = next(self._it)
+        if sl.stop is not None and min(sl.stop, self.n) - self._next != len(x):
+            raise IndexError(f"LoaderImages: slice {sl!r} is not one batch of {self.batch}")
+        self._next += len(x)
+        return x
+
+
+def zeroshot(model, tok, ds, templates, batch: int, workers: int, progress: bool = True) -> float:
+    """Top-1 zero-shot accuracy (%) on a `ClassFolder` (preload=False), streamed."""
     import torch
+
+    from ...metrics.zeroshot import zeroshot_topk
+
+    images = LoaderImages(_Transformed(ds), batch, workers, progress)
+    return zeroshot_topk(model, tok, images, torch.tensor(ds.labels), ds.classnames, templates,
+                         (1,), batch=batch)[1]
+
+
+class _Transformed:
+    """A ClassFolder's images as a map-style dataset (decoded in the loader's workers)."""
+
+    def __init__(self, ds):
+        self.paths, self.transform = ds.paths, ds.transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from ...data.imagetext import open_image
+
+        return self.transform(open_image(self.paths[i]))
+
+
+def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str | None,
+             threads: int = 1, embeddings: str | None = None,
+             progress: bool = True) -> tuple[dict, dict, dict]:
+    import numpy as np
 
     from ...data.imagetext import ClassFolder
     from ...device import torch_device
-    from ...metrics.zeroshot import zeroshot_topk
     from ...training.schedule import set_threads
     from .data import read_pairs
-    from .finetune import embed_dim, encode_images, load_clip, load_finetuned, pair_images
+    from .finetune import embed_dim, encode_pairs, load_clip, load_embeddings, load_finetuned, \
+        loader_settings
     from .losses import Combine
 
     set_threads(threads)
     model, preprocess, tok = load_clip(cfg["model"], base)
     combine = load_finetuned(model, finetuned) if finetuned else \
         Combine("subtract", embed_dim(model))
-    model.eval().to(torch_device())  # the GPU cli.main claimed, or the CPU
-    combine.eval().to(torch_device())
+    dev = torch_device()  # the GPU cli.main claimed, or the CPU
+    model.eval().to(dev)
+    combine.eval().to(dev)
     ev = cfg["eval"]
+    batch, workers = loader_settings(cfg)
     rows = read_pairs(cfg["pairs"], "eval")
     for k in ("difference", "reverse"):
         if any(not r.get(k) for r in rows):
             raise DataError(f"{cfg['pairs']}: evaluation pairs need a `{k}` text on every row")
-    ia, ib = pair_images(rows, preprocess)
-    fa, fb = encode_images(model, ia), encode_images(model, ib)
+    if embeddings:  # the base model's image tower, unchanged: its cached embeddings
+        fa, fb = load_embeddings(embeddings, len(rows), embed_dim(model), split="eval")
+        fa, fb = fa.to(dev), fb.to(dev)
+    else:
+        fa, fb = encode_pairs(model, preprocess, rows, batch, workers, progress)
     diffs = [r["difference"] for r in rows]
     revs = [r["reverse"] for r in rows]
     t, tr = _texts(model, tok, diffs), _texts(model, tok, revs)
@@ -144,9 +212,9 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
         by_attr[a] = diff_accuracy(s_ab[idx], s_ba[idx])
     root = Path(ev.get("classify_root") or world_root)
     ds = ClassFolder(root / ev["classify_dir"], preprocess, root / ev["classnames"],
-                     limit_per_class=ev.get("limit_per_class"))
-    acc = zeroshot_topk(model, tok, ds.images, torch.tensor(ds.labels), ds.classnames,
-                        ev["templates"], (1,))
-    metrics["zeroshot_acc"] = acc[1]
+                     preload=False, limit_per_class=ev.get("limit_per_class"))
+    metrics["zeroshot_acc"] = zeroshot(model, tok, ds, ev["templates"], batch, workers, progress)
     chance["zeroshot_acc"] = 100.0 / len(ds.classnames)
-    return metrics, chance, {"diff_acc_by_attribute": by_attr, "n_eval_pairs": len(rows)}
+    return metrics, chance, {"diff_acc_by_attribute": by_attr, "n_eval_pairs": len(rows),
+                             "eval_image_embeddings": "cached" if embeddings else "computed",
+                             "device": str(dev)}

@@ -6,7 +6,9 @@ Stages (each a job per distinct config; shared work is its own stage):
     rankclip_train    the base CLIP (tiny: RankCLIP's stage with λ = 0, the same job)   — per seed
     pcclip_captioner  a small LM of the captioner's family trained on the world corpus  — per captioner (tiny)
     pcclip_captions   difference captions of the training pairs, filtered               — per captioner
-    pcclip_embed      the base model's image embeddings of the training pairs           — per base seed
+    pcclip_embed      the base model's image embeddings of the training and evaluation
+                      pairs (each distinct image once; read by the text-only finetunes and by
+                      the evaluations of models whose image tower is the base's) — per base seed
     pcclip_finetune   PC-CLIP finetuning of one variant                                 — per variant × seed
     pcclip_eval       the metrics of a variant, or of the base model (reference row)     — per variant × seed
 """
@@ -137,13 +139,26 @@ def _needs(P, base, pairs) -> dict:
             "base": P.ref("rankclip_train", base["hash"] if base else None, SEED)}
 
 
-def eval_stage(P, scfg: dict, finetune_hash: str | None) -> dict:
+def embed_stage(P, scfg: dict) -> str:
+    """The base model's image embeddings of the training and evaluation pairs: one job per base
+    model and pairs, shared by every text-encoder-only variant and the base model's evaluation."""
+    base, model, _, pairs = _common(P, scfg)
+    return P.add_stage("pcclip_embed", {"base": base, "model": model, "pairs": pairs,
+                                        "loader": scfg.get("loader") or {}},
+                       needs=_needs(P, base, pairs))
+
+
+def eval_stage(P, scfg: dict, finetune_hash: str | None, embed: str | None = None) -> dict:
+    """`embed`: the `embed_stage` job whose evaluation-pair embeddings stand for the model's
+    (its image tower is the base model's), or None (encode them)."""
     base, model, world_root, pairs = _common(P, scfg)
     wh = P.hash_of_dir("world", world_root) if world_root is not None else None
     eh = P.add_stage("pcclip_eval", {"base": base, "model": model, "finetune": finetune_hash,
                                      "pairs": pairs, "eval": scfg["eval"],
+                                     "loader": scfg.get("loader") or {}, "embed": embed,
                                      "world_root": world_root},
                      needs={"model": P.ref("pcclip_finetune", finetune_hash, SEED),
+                            "embed": P.ref("pcclip_embed", embed, SEED),
                             "world": P.ref("world", wh), **_needs(P, base, pairs)})
     return {s: P.output("pcclip_eval", eh, s) for s in P.seeds}
 
@@ -154,19 +169,18 @@ def variant(P, vcfg: dict) -> tuple[str, dict]:
     fc = vcfg["finetune"]
     embed = None
     if fc["encoders"] == "text":  # image embeddings once per base model, shared by these variants
-        embed = P.add_stage("pcclip_embed", {"base": base, "model": model, "pairs": pairs},
-                            needs=_needs(P, base, pairs))
+        embed = embed_stage(P, vcfg)
     fh = P.add_stage("pcclip_finetune", {"base": base, "model": model, "pairs": pairs,
                                          "captions": ch, "embed": embed, "finetune": fc},
                      needs={"captions": P.ref("pcclip_captions", ch),
                             "embed": P.ref("pcclip_embed", embed, SEED), **_needs(P, base, pairs)})
-    return fh, eval_stage(P, vcfg, fh)
+    return fh, eval_stage(P, vcfg, fh, embed)
 
 
 def references(P, scfg: dict):
     """The base model, not finetuned (subtraction to combine), as a reference row."""
     from ...pipeline import Row
 
-    evals = eval_stage(P, scfg, None)
+    evals = eval_stage(P, scfg, None, embed_stage(P, scfg))
     h = Path(next(iter(evals.values()))).parent.parent.name
     return [Row("base CLIP (not finetuned)", None, False, h, evals, kind="reference")]
