@@ -272,10 +272,14 @@ def _as_is(x):
 
 def unit_loader(dataset: PairUnits, num_workers: int = 0):
     """The units of `dataset` in order, decoded in `num_workers` DataLoader workers."""
+    import torch
     from torch.utils.data import DataLoader
 
+    # its own generator: starting the iterator draws a base seed from it, not from torch's
+    # global RNG (which the caller's model initialisation uses after streaming)
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                      collate_fn=_as_is, **({"prefetch_factor": 2} if num_workers else {}))
+                      collate_fn=_as_is, generator=torch.Generator().manual_seed(0),
+                      **({"prefetch_factor": 2} if num_workers else {}))
 
 
 def stream_pairs(path, size: int | None = None, resample: str = "bicubic", num_workers: int = 0,
