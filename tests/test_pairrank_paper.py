@@ -270,3 +270,76 @@ def test_scoring_per_shard_resumes_after_a_kill(tmp_path, shards, monkeypatch):
     assert list(a["shard_counts"]) == [len(np.load(p)["winner"]) for p in
                                        sorted((tmp_path / "a/shards").glob("*.npz"))]
     assert whole["n_pairs"] + whole["n_ties_dropped"] == 90
+
+
+# ---- Diffusion-DPO's data: the selected pairs cached once as sharded, memory-mapped files ------
+def test_latent_cache_gives_the_selected_pairs_in_selection_order_and_resumes(tmp_path, shards, monkeypatch):
+    from mmablate.data.pickapic import load_pairs
+    from mmablate.studies.pairrank.diffusion import T2I, to_pixels
+    from mmablate.studies.pairrank.dpo import cache_latents
+    from mmablate.training.harness import Harness
+
+    n = len(load_pairs(shards))
+    idx = [n - 1, 3, 40, 0, 41, 17, n - 2]  # best-first order, across the three shards
+    sel = {"pairs": str(shards), "indices": idx}
+    t2i = T2I(None, {}, None, vae=None, image_size=16)  # the pixel-space model: identity encoder
+    h = Harness({"batch_size": 2}, seed=0, out_dir=tmp_path, progress=False)
+    got = cache_latents(sel, t2i, tmp_path / "lat", seed=0, h=h, progress=False)
+    old = load_pairs(shards).subset(idx)  # what DPO trained on before: the whole table's subset
+    w, l, ids = got.__getitems__([0, 1, 2, 3, 4, 5, 6])
+    assert torch.equal(w, to_pixels(old.images("winner"))) and torch.equal(l, to_pixels(old.images("loser")))
+    assert got.captions == old.captions and ids.tolist() == list(range(7))
+    w2, _, _ = got.__getitems__([5, 0, 5])
+    assert torch.equal(w2, w[[5, 0, 5]])
+    assert len(list((tmp_path / "lat").glob("*.json"))) == 3  # one latent shard per input shard
+    # a second job start reuses every finished shard; a changed selection re-encodes its shard
+    calls = []
+    real = T2I.to_latent
+    monkeypatch.setattr(T2I, "to_latent", lambda self, x, generator=None: calls.append(len(x)) or real(self, x))
+    cache_latents(sel, t2i, tmp_path / "lat", seed=0, h=h, progress=False)
+    assert calls == []
+    sel2 = {"pairs": str(shards), "indices": idx[:-1]}  # one pair fewer in the third shard
+    again = cache_latents(sel2, t2i, tmp_path / "lat", seed=0, h=h, progress=False)
+    assert len(again) == 6 and calls == [1, 1]  # that shard only: its one pair, winner and loser
+    assert torch.equal(again.__getitems__([0])[0], w[:1])
+
+
+def test_constant_with_warmup_is_diffusers_schedule():
+    from diffusers.optimization import get_constant_schedule_with_warmup
+
+    from mmablate.training.schedule import make_scheduler
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        sch = make(opt)
+        out = []
+        for _ in range(12):
+            out.append(sch.get_last_lr()[0])
+            opt.step()
+            sch.step()
+        return out
+
+    assert lrs(lambda o: make_scheduler(o, 5, 12, "constant")) == \
+        pytest.approx(lrs(lambda o: get_constant_schedule_with_warmup(o, 5)))
+
+
+def test_paper_recipe_is_the_sd15_launchers():
+    """The paper scale's DPO block: Diffusion-DPO's sd15 launcher numbers, accepted by the
+    harness's check (2,048 = 32 accumulation steps of 64 over 8 processes)."""
+    import yaml
+
+    from mmablate.config import load
+    from mmablate.training.harness import check
+
+    from .conftest import REPO
+
+    cfg = load([REPO / "config/config.yaml", REPO / "config/scales/paper.yaml"])
+    d = cfg["studies"]["pairrank"]["dpo"]
+    assert (d["effective_batch"], d["beta"], d["steps"], d["warmup"], d["lr_schedule"],
+            d["weight_decay"]) == (2048, 5000, 2000, 500, "constant", 0.01)
+    assert d["lr"] == pytest.approx(1e-8 * 2048)
+    assert check(d, "dpo", world_size=8) == {"accum": 32, "micro_batch": 8, "effective_batch": 2048}
+    prof = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert d["batch_size"] % prof["set-resources"]["pairrank_dpo"]["gpu"] == 0
+    assert cfg["studies"]["pairrank"]["eval"]["sampling"] == {"steps": 50, "guidance": 7.5,
+                                                              "batch": 32, "precision": "fp16"}
