@@ -41,6 +41,9 @@ def to_pixels(images):
 class T2I:
     """A text-to-image diffusion model: unet + text encoder (+ VAE for latent models)."""
 
+    CACHE_PROMPTS = 4096  # text states kept (on the device); a paper-scale selection has ~45k
+    # distinct prompts (77×768 floats each), so the cache is emptied when full
+
     def __init__(self, unet, scheduler_config, encode_text, vae=None, image_size=16,
                  device="cpu"):
         self.unet, self.vae, self.encode_text_fn = unet, vae, encode_text
@@ -58,6 +61,8 @@ class T2I:
         import torch
 
         new = sorted({p for p in prompts if p not in self._cache})
+        if new and len(self._cache) + len(new) > self.CACHE_PROMPTS:
+            self._cache = {p: s for p, s in self._cache.items() if p in prompts}
         if new:
             with torch.no_grad():
                 states = self.encode_text_fn(new)

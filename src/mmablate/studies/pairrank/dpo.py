@@ -61,16 +61,25 @@ class LatentPairs:
     batch `harness.Tensors` gave; ``captions[k]`` is its prompt."""
 
     def __init__(self, parts: list[dict], cache_dir: Path, n: int):
-        self.files, self.captions = [], [None] * n
+        self.paths, self.captions = [], [None] * n
         self.where = np.zeros((n, 2), np.int64)  # selection position → (part, row in part)
         for j, meta in enumerate(parts):
             k = meta["key"]
-            self.files.append((np.load(cache_dir / f"{k}-w.npy", mmap_mode="r"),
-                               np.load(cache_dir / f"{k}-l.npy", mmap_mode="r")))
+            self.paths.append((cache_dir / f"{k}-w.npy", cache_dir / f"{k}-l.npy"))
             for r, (pos, cap) in enumerate(zip(meta["positions"], meta["captions"])):
                 self.where[pos] = (j, r)
                 self.captions[pos] = cap
-        self.shape = self.files[0][0].shape[1:] if self.files else None
+        self._maps = None
+        self.shape = self._arrays()[0][0].shape[1:] if self.paths else None
+
+    def _arrays(self):
+        # opened per process (DataLoader workers map the files themselves, nothing is copied)
+        if self._maps is None:
+            self._maps = [(np.load(w, mmap_mode="r"), np.load(l, mmap_mode="r")) for w, l in self.paths]
+        return self._maps
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
 
     def __len__(self):
         return len(self.captions)
@@ -78,14 +87,15 @@ class LatentPairs:
     def __getitems__(self, idx):
         import torch
 
+        maps = self._arrays()
         idx = np.asarray(idx, np.int64)
         w = np.empty((len(idx), *self.shape), np.float32)
         l = np.empty_like(w)
         for j in np.unique(self.where[idx, 0]):
             at = np.where(self.where[idx, 0] == j)[0]
             rows = self.where[idx[at], 1]
-            w[at] = self.files[j][0][rows]
-            l[at] = self.files[j][1][rows]
+            w[at] = maps[j][0][rows]
+            l[at] = maps[j][1][rows]
         return torch.from_numpy(w), torch.from_numpy(l), torch.as_tensor(idx)
 
 
