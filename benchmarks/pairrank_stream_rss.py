@@ -6,9 +6,11 @@ whole-table reader it replaced.
 
 Writes the stand-in shards once under --dir (parquet in Pick-a-Pic v2's schema with real JPEG
 bytes, 16 px, shards of 10,000 rows, row groups of 100 rows as the hub's; ~10% ties) and a
-reward twin with an untrained world CLIP (the tiny scale's architecture: the memory of the data
-path, not of a model, is measured); then scores every pair once, in this process, and prints
-one JSON line with the peak RSS (``resource.getrusage``, MB) and the wall time.
+reward twin with an untrained world CLIP (the tiny scale's architecture); then scores every pair
+once, in this process, and prints one JSON line with the peak RSS (``resource.getrusage``, MB;
+of this process, and of its largest DataLoader worker) and the wall time. ``--scorer mean``
+(default) scores each image by its mean pixel value, so the data path alone is measured and
+timed; ``--scorer twin`` runs the CLIP twin (its memory is constant in the data size).
 ``--mode stream`` is the scoring stage (`rewards.score_pairs`: row-group units decoded in
 DataLoader workers, one score file per shard); ``--mode table`` is the previous code path
 (every shard in one frame, every image decoded and stacked, then scored).
@@ -63,6 +65,9 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--prepare", action="store_true", help="only write the stand-ins")
+    ap.add_argument("--scorer", choices=["mean", "twin"], default="mean",
+                    help="mean: each image's mean pixel value + the prompt's length (the data "
+                         "path alone); twin: the untrained world-CLIP reward twin")
     a = ap.parse_args()
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,14 @@ def main():
     import torch
 
     torch.set_num_threads(a.threads)
-    from mmablate.studies.pairrank.rewards import load_scorer, score_pairs
+    from mmablate.studies.pairrank import rewards
+    from mmablate.studies.pairrank.rewards import Scorer, load_scorer, score_pairs
+
+    if a.scorer == "mean":
+        def mean_fn(images, prompts):
+            return np.asarray(images, np.float32).mean(axis=(1, 2, 3)) + np.array([len(p) for p in prompts])
+
+        rewards.load_scorer = load_scorer = lambda r, device="cpu": Scorer("hpsv2", mean_fn, "mean")
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.time()
@@ -104,7 +116,7 @@ def main():
         np.savez(d / f"scores_{a.pairs}_table.npz", winner=w, loser=l)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"mode": a.mode, "pairs_in": a.pairs, "pairs_scored": n,
+    print(json.dumps({"mode": a.mode, "scorer": a.scorer, "pairs_in": a.pairs, "pairs_scored": n,
                       "peak_rss_mb": round(rss, 1), "rss_before_scoring_mb": round(rss0, 1),
                       "peak_rss_worker_mb": round(kids, 1), "wall_s": round(time.time() - t0, 1),
                       "workers": a.workers if a.mode == "stream" else 0}))

@@ -288,6 +288,7 @@ def test_latent_cache_gives_the_selected_pairs_in_selection_order_and_resumes(tm
     old = load_pairs(shards).subset(idx)  # what DPO trained on before: the whole table's subset
     w, l, ids = got.__getitems__([0, 1, 2, 3, 4, 5, 6])
     assert torch.equal(w, to_pixels(old.images("winner"))) and torch.equal(l, to_pixels(old.images("loser")))
+    assert w.stride() == to_pixels(old.images("winner")).stride()  # the same layout (conv arithmetic)
     assert got.captions == old.captions and ids.tolist() == list(range(7))
     w2, _, _ = got.__getitems__([5, 0, 5])
     assert torch.equal(w2, w[[5, 0, 5]])

@@ -71,6 +71,9 @@ class LatentPairs:
                 self.captions[pos] = cap
         self._maps = None
         self.shape = self._arrays()[0][0].shape[1:] if self.paths else None
+        # the pixel model's tensors were channels-last (a permuted uint8 image): kept so, since
+        # the convolutions' arithmetic (and so the trained numbers) depends on the layout
+        self.channels_last = bool(parts and parts[0].get("channels_last"))
 
     def _arrays(self):
         # opened per process (DataLoader workers map the files themselves, nothing is copied)
@@ -96,7 +99,11 @@ class LatentPairs:
             rows = self.where[idx[at], 1]
             w[at] = maps[j][0][rows]
             l[at] = maps[j][1][rows]
-        return torch.from_numpy(w), torch.from_numpy(l), torch.as_tensor(idx)
+        w, l = torch.from_numpy(w), torch.from_numpy(l)
+        if self.channels_last:
+            w = w.contiguous(memory_format=torch.channels_last)
+            l = l.contiguous(memory_format=torch.channels_last)
+        return w, l, torch.as_tensor(idx)
 
 
 def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
@@ -161,7 +168,7 @@ def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
         i = meta["shard"]
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         out = {"w": [], "l": []}
-        caps, got = [], []
+        caps, got, cl = [], [], False
         for unit in stream_pairs(sel["pairs"], size=t2i.image_size, resample="bilinear",
                                  num_workers=num_workers, shards=[i],
                                  rows={i: np.asarray(meta["rows"])}):
@@ -173,6 +180,8 @@ def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
                 for a in range(0, len(unit[key]), batch):
                     with amp:
                         z = t2i.to_latent(unit[key][a:a + batch], generator=g)
+                    cl = cl or (z.dim() == 4 and not z.is_contiguous()
+                                and z.is_contiguous(memory_format=torch.channels_last))
                     out[s].append(z.float().cpu().numpy().astype(dtype))
             bar.update(len(unit["caption"]))
         if got != meta["rows"]:
@@ -182,7 +191,8 @@ def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
             np.save(tmp, np.concatenate(out[s]))
             os.replace(tmp, cache_dir / f"{meta['key']}-{s}.npy")
         (cache_dir / f"{meta['key']}.json.tmp").write_text(json.dumps(
-            {**meta, "captions": caps, "model": model_key, "source": str(files[i])}))
+            {**meta, "captions": caps, "model": model_key, "source": str(files[i]),
+             "channels_last": bool(cl)}))
         os.replace(cache_dir / f"{meta['key']}.json.tmp", cache_dir / f"{meta['key']}.json")
     bar.close()
     h.barrier()
@@ -196,7 +206,16 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
               progress: bool = True) -> dict:
     """LoRA Diffusion-DPO on the selected pairs, on the training harness (``dpo``:
     ``effective_batch``, ``max_grad_norm`` (default 1.0 as before; null: none), ``bf16``,
-    ``grad_checkpointing``, ``num_workers``); saves the adapter (peft format) to out_dir/lora.
+    ``grad_checkpointing``, ``num_workers``, ``lr_schedule``: cosine (default) or constant after
+    the warm-up, ``weight_decay``); saves the adapter (peft format) to out_dir/lora.
+
+    The selected pairs are streamed once from their shards into model-space files under
+    out_dir/latents (`cache_latents`) and read memory-mapped by the harness's DataLoader; on the
+    world's pixel model these are the pixels the previous whole-table loader gave, bit for bit.
+    Departure from the Diffusion-DPO authors' ``train.py``: they VAE-encode each micro-batch
+    (a fresh posterior sample and a random horizontal flip every step); here each image has one
+    posterior sample and no flip — 91× fewer encoder forwards at the paper recipe
+    (benchmarks/README.md, "Pair ranking, part 3").
 
     One generator (seeded ``seed · 7919``, its state checkpointed) draws each optimizer step's
     pair indices, then the noise, then the timesteps of the whole effective batch
