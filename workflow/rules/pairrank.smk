@@ -43,7 +43,8 @@ rule pairrank_reward:
     input:
         unpack(upstream("pairrank_reward")),
         cfg=stage_input("pairrank_reward"),
-        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
+        src=sources("studies/pairrank/rewards.py", "studies/pairrank/image_reward.py",
+                    "data/pickapic.py", "models",
                     "studies/pairrank/diffusion.py", "training", "world/scenes.py"),
     output:
         f"{R}/pairrank/reward/{{h}}/model.pt",
@@ -67,7 +68,8 @@ rule pairrank_score:
     input:
         unpack(upstream("pairrank_score")),
         cfg=stage_input("pairrank_score"),
-        src=sources("studies/pairrank/rewards.py", "data/pickapic.py", "models",
+        src=sources("studies/pairrank/rewards.py", "studies/pairrank/image_reward.py",
+                    "data/pickapic.py", "models",
                     "studies/pairrank/diffusion.py", "training", "world/scenes.py"),
     output:
         f"{R}/pairrank/score/{{h}}/scores.npz",
@@ -132,6 +134,7 @@ rule pairrank_eval:
         unpack(upstream("pairrank_eval")),
         cfg=stage_input("pairrank_eval"),
         src=sources("studies/pairrank/evaluate.py", "studies/pairrank/rewards.py",
+                    "studies/pairrank/image_reward.py",
                     "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py",
                     "studies/pairrank/losses.py", "world/preference.py", "data/pickapic.py",
                     "models/clip.py", "models/tokenizer.py", "training", "world/scenes.py"),

@@ -1,4 +1,6 @@
-"""Learning-rate schedule: linear warm-up then cosine decay to zero (as open_clip's training)."""
+"""Learning-rate schedules: linear warm-up then cosine decay to zero (as open_clip's training),
+or linear warm-up then constant (``constant``: diffusers' ``constant_with_warmup``, Diffusion-DPO's
+launchers)."""
 from __future__ import annotations
 
 import math
@@ -20,9 +22,23 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_scheduler(optimizer, warmup: int, total: int):
+def warmup_constant(step: int, warmup: int) -> float:
+    """diffusers' ``get_constant_schedule_with_warmup``: step / warmup during warm-up, then 1."""
+    return step / max(1.0, warmup) if step < warmup else 1.0
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+def make_scheduler(optimizer, warmup: int, total: int, kind: str = "cosine"):
     import torch
 
+    from ..errors import ConfigError
+
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, warmup))
+    if kind != "cosine":
+        raise ConfigError(f"lr_schedule {kind!r}: expected one of {list(SCHEDULES)}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
 
 

@@ -41,6 +41,9 @@ def to_pixels(images):
 class T2I:
     """A text-to-image diffusion model: unet + text encoder (+ VAE for latent models)."""
 
+    CACHE_PROMPTS = 4096  # text states kept (on the device); a paper-scale selection has ~45k
+    # distinct prompts (77×768 floats each), so the cache is emptied when full
+
     def __init__(self, unet, scheduler_config, encode_text, vae=None, image_size=16,
                  device="cpu"):
         self.unet, self.vae, self.encode_text_fn = unet, vae, encode_text
@@ -58,6 +61,8 @@ class T2I:
         import torch
 
         new = sorted({p for p in prompts if p not in self._cache})
+        if new and len(self._cache) + len(new) > self.CACHE_PROMPTS:
+            self._cache = {p: s for p, s in self._cache.items() if p in prompts}
         if new:
             with torch.no_grad():
                 states = self.encode_text_fn(new)
@@ -65,15 +70,17 @@ class T2I:
                 self._cache[p] = s
         return torch.stack([self._cache[p] for p in prompts]).to(self.device)
 
-    def to_latent(self, images):
-        """uint8 [N, H, W, 3] → model space (pixels in [-1, 1], or VAE latents)."""
+    def to_latent(self, images, generator=None):
+        """uint8 [N, H, W, 3] → model space (pixels in [-1, 1], or VAE latents: a sample of the
+        VAE's posterior, drawn from `generator` if given, else torch's global RNG)."""
         import torch
 
         x = to_pixels(images).to(self.device)
         if self.vae is None:
             return x
         with torch.no_grad():
-            return self.vae.encode(x).latent_dist.sample() * self.vae.config.scaling_factor
+            z = self.vae.encode(x).latent_dist.sample(generator=generator)
+            return z.float() * self.vae.config.scaling_factor
 
     def to_images(self, z) -> np.ndarray:
         import torch
@@ -81,7 +88,7 @@ class T2I:
         with torch.no_grad():
             if self.vae is not None:
                 z = self.vae.decode(z / self.vae.config.scaling_factor).sample
-            x = ((z.clamp(-1, 1) + 1) * 127.5).round().byte()
+            x = ((z.float().clamp(-1, 1) + 1) * 127.5).round().byte()
         return x.permute(0, 2, 3, 1).cpu().numpy()
 
     def latent_shape(self, n):
@@ -90,14 +97,22 @@ class T2I:
         return (n, c, s, s)
 
     def sample(self, prompts, seed: int, steps: int = 20, guidance: float = 3.0,
-               batch: int = 64) -> np.ndarray:
-        """DDIM samples with classifier-free guidance; uint8 [N, H, W, 3]."""
+               batch: int = 64, precision: str = "fp32") -> np.ndarray:
+        """DDIM samples with classifier-free guidance, `batch` prompts at a time; uint8
+        [N, H, W, 3]. The initial noise comes from one CPU generator seeded `seed` (the same
+        numbers on every device); on CUDA the UNet and the VAE decoder run under autocast in
+        ``precision`` (fp16 / bf16; fp32: none), the CPU stays fp32."""
+        import contextlib
+
         import torch
         from diffusers import DDIMScheduler
 
         sched = DDIMScheduler.from_config(self.scheduler_config)
         sched.set_timesteps(steps)
         g = torch.Generator().manual_seed(seed)
+        cuda = str(self.device).startswith("cuda")
+        amp = (torch.autocast("cuda", dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
+               if cuda and precision in ("fp16", "bf16") else contextlib.nullcontext())
         out = []
         self.unet.eval()
         for i in range(0, len(prompts), batch):
@@ -105,12 +120,12 @@ class T2I:
             cond = self.text_states(ps)
             uncond = self.text_states([""] * len(ps))
             z = torch.randn(self.latent_shape(len(ps)), generator=g).to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), amp:
                 for t in sched.timesteps:
                     eps = self.unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample
-                    eu, ec = eps.chunk(2)
+                    eu, ec = eps.float().chunk(2)
                     z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
-            out.append(self.to_images(z))
+                out.append(self.to_images(z))
         return np.concatenate(out)
 
 

@@ -5,8 +5,12 @@ training loop. The objective (shared noise and timestep, the adapters-off refere
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .losses import adapters_off, dpo_loss, dpo_step_losses, per_sample_mse  # noqa: F401 (re-exported)
 
@@ -49,11 +53,169 @@ def lora_module(unet):
     return LoraUNet(unet)
 
 
+class LatentPairs:
+    """The selected pairs' model-space tensors, cached once per DPO job as sharded files (one
+    ``<k>-w.npy`` / ``<k>-l.npy`` / ``<k>.json`` triple per input parquet shard holding selected
+    pairs) and read memory-mapped: item k is selection position k (the selection's order, as
+    ``Pairs.subset`` gave it before). ``__getitems__(idx)`` → (winners, losers, idx) tensors, the
+    batch `harness.Tensors` gave; ``captions[k]`` is its prompt."""
+
+    def __init__(self, parts: list[dict], cache_dir: Path, n: int):
+        self.paths, self.captions = [], [None] * n
+        self.where = np.zeros((n, 2), np.int64)  # selection position → (part, row in part)
+        for j, meta in enumerate(parts):
+            k = meta["key"]
+            self.paths.append((cache_dir / f"{k}-w.npy", cache_dir / f"{k}-l.npy"))
+            for r, (pos, cap) in enumerate(zip(meta["positions"], meta["captions"])):
+                self.where[pos] = (j, r)
+                self.captions[pos] = cap
+        self._maps = None
+        self.shape = self._arrays()[0][0].shape[1:] if self.paths else None
+        # the pixel model's tensors were channels-last (a permuted uint8 image): kept so, since
+        # the convolutions' arithmetic (and so the trained numbers) depends on the layout
+        self.channels_last = bool(parts and parts[0].get("channels_last"))
+
+    def _arrays(self):
+        # opened per process (DataLoader workers map the files themselves, nothing is copied)
+        if self._maps is None:
+            self._maps = [(np.load(w, mmap_mode="r"), np.load(l, mmap_mode="r")) for w, l in self.paths]
+        return self._maps
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitems__(self, idx):
+        import torch
+
+        maps = self._arrays()
+        idx = np.asarray(idx, np.int64)
+        w = np.empty((len(idx), *self.shape), np.float32)
+        l = np.empty_like(w)
+        for j in np.unique(self.where[idx, 0]):
+            at = np.where(self.where[idx, 0] == j)[0]
+            rows = self.where[idx[at], 1]
+            w[at] = maps[j][0][rows]
+            l[at] = maps[j][1][rows]
+        w, l = torch.from_numpy(w), torch.from_numpy(l)
+        if self.channels_last:
+            w = w.contiguous(memory_format=torch.channels_last)
+            l = l.contiguous(memory_format=torch.channels_last)
+        return w, l, torch.as_tensor(idx)
+
+
+def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
+                  model_key=None, batch: int = 32, progress: bool = True) -> LatentPairs:
+    """Streams the selected pairs from their parquet shards (only the row groups holding them,
+    decoded and resized in DataLoader workers: shortest side bilinear to the model's image
+    size, centre crop, as Diffusion-DPO's transform without its random flip) and encodes them
+    once, in batches of `batch` on the job's device (bf16 autocast on CUDA), into the model
+    space (pixels, or one posterior sample of the VAE drawn from a generator seeded by `seed`
+    and the shard; stored float16 for VAE latents, float32 for pixels).
+
+    Resumable per shard: a shard whose ``<k>.json`` exists, names the same rows and model, and
+    whose arrays load, is kept. Ranks encode disjoint shards (round robin), then wait for each
+    other. Global pair indices (ties dropped, shard after shard, as `load_pairs`) are mapped to
+    (shard, row) by reading only each shard's label columns."""
+    import contextlib
+
+    import torch
+    from tqdm import tqdm
+
+    from ...data.pickapic import kept_rows, shard_files, stream_pairs
+    from ...errors import DataError
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    files = shard_files(sel["pairs"])
+    kept = [kept_rows(f) for f in files]
+    offsets = np.cumsum([0] + [len(k) for k in kept])
+    idx = np.asarray(sel["indices"], np.int64)
+    if idx.min() < 0 or idx.max() >= offsets[-1]:
+        raise DataError(f"{sel['pairs']}: selection index {int(idx.max())} beyond the "
+                        f"{int(offsets[-1])} non-tied pairs; the selection is of other data")
+    shard_of = np.searchsorted(offsets, idx, side="right") - 1
+    todo = []
+    for i in np.unique(shard_of):
+        pos = np.where(shard_of == i)[0]  # selection positions in this shard
+        rows = kept[i][idx[pos] - offsets[i]]
+        order = np.argsort(rows, kind="stable")  # the stream delivers rows in file order
+        todo.append({"key": f"{int(i):05d}", "shard": int(i), "rows": rows[order].tolist(),
+                     "positions": pos[order].tolist()})
+    model_key = json.dumps(model_key, sort_keys=True)
+
+    def done(meta):
+        p = cache_dir / f"{meta['key']}.json"
+        try:
+            old = json.loads(p.read_text())
+            ok = old["rows"] == meta["rows"] and old["model"] == model_key
+            for s in "wl":
+                ok = ok and np.load(cache_dir / f"{meta['key']}-{s}.npy", mmap_mode="r").shape[0] == len(meta["rows"])
+            return old if ok else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    cuda = h.device.type == "cuda"
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and h.cfg.get("bf16", True)
+           else contextlib.nullcontext())
+    dtype = np.float16 if t2i.vae is not None else np.float32
+    mine = [m for k, m in enumerate(todo) if k % h.world_size == h.rank and not done(m)]
+    bar = tqdm(total=sum(len(m["rows"]) for m in mine), desc="encode selected pairs",
+               disable=not (progress and h.is_main) or not mine, mininterval=5, file=sys.stderr)
+    for meta in mine:
+        i = meta["shard"]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        out = {"w": [], "l": []}
+        caps, got, cl = [], [], False
+        for unit in stream_pairs(sel["pairs"], size=t2i.image_size, resample="bilinear",
+                                 num_workers=num_workers, shards=[i],
+                                 rows={i: np.asarray(meta["rows"])}):
+            if not unit["caption"]:
+                continue
+            caps += unit["caption"]
+            got += unit["rows"].tolist()
+            for s, key in (("w", "winner"), ("l", "loser")):
+                for a in range(0, len(unit[key]), batch):
+                    with amp:
+                        z = t2i.to_latent(unit[key][a:a + batch], generator=g)
+                    cl = cl or (z.dim() == 4 and not z.is_contiguous()
+                                and z.is_contiguous(memory_format=torch.channels_last))
+                    out[s].append(z.float().cpu().numpy().astype(dtype))
+            bar.update(len(unit["caption"]))
+        if got != meta["rows"]:
+            raise DataError(f"{files[i]}: the selected rows did not stream back in order")
+        for s in "wl":
+            tmp = cache_dir / f"{meta['key']}-{s}.tmp.npy"
+            np.save(tmp, np.concatenate(out[s]))
+            os.replace(tmp, cache_dir / f"{meta['key']}-{s}.npy")
+        (cache_dir / f"{meta['key']}.json.tmp").write_text(json.dumps(
+            {**meta, "captions": caps, "model": model_key, "source": str(files[i]),
+             "channels_last": bool(cl)}))
+        os.replace(cache_dir / f"{meta['key']}.json.tmp", cache_dir / f"{meta['key']}.json")
+    bar.close()
+    h.barrier()
+    parts = [done(m) for m in todo]
+    if any(p is None for p in parts):
+        raise DataError(f"{cache_dir}: a latent shard is missing after encoding")
+    return LatentPairs(parts, cache_dir, len(idx))
+
+
 def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int | None = None,
               progress: bool = True) -> dict:
     """LoRA Diffusion-DPO on the selected pairs, on the training harness (``dpo``:
     ``effective_batch``, ``max_grad_norm`` (default 1.0 as before; null: none), ``bf16``,
-    ``grad_checkpointing``, ``num_workers``); saves the adapter (peft format) to out_dir/lora.
+    ``grad_checkpointing``, ``num_workers``, ``lr_schedule``: cosine (default) or constant after
+    the warm-up, ``weight_decay``); saves the adapter (peft format) to out_dir/lora.
+
+    The selected pairs are streamed once from their shards into model-space files under
+    out_dir/latents (`cache_latents`) and read memory-mapped by the harness's DataLoader; on the
+    world's pixel model these are the pixels the previous whole-table loader gave, bit for bit.
+    Departure from the Diffusion-DPO authors' ``train.py``: they VAE-encode each micro-batch
+    (a fresh posterior sample and a random horizontal flip every step); here each image has one
+    posterior sample and no flip — 91× fewer encoder forwards at the paper recipe
+    (benchmarks/README.md, "Pair ranking, part 3").
 
     One generator (seeded ``seed · 7919``, its state checkpointed) draws each optimizer step's
     pair indices, then the noise, then the timesteps of the whole effective batch
@@ -62,9 +224,8 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     one batch of B, so the accumulated gradient is that batch's."""
     import torch
 
-    from ...data.pickapic import load_pairs
     from ...errors import DataError
-    from ...training.harness import Harness, Tensors
+    from ...training.harness import Harness, as_is
     from ...training.schedule import make_scheduler
     from .diffusion import StepDraws, load_t2i
 
@@ -74,18 +235,18 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     sel = json.loads(Path(cfg["selection"]).read_text())
     if not sel["indices"]:
         raise DataError(f"{cfg['selection']}: the selection keeps zero pairs; nothing to train on")
-    pairs = load_pairs(sel["pairs"]).subset(sel["indices"])
+    n_sel = len(sel["indices"])
     block = {"max_grad_norm": 1.0, **tc}  # clipping at 1.0 unless the block says otherwise
     if not tc.get("effective_batch"):  # a selection smaller than a batch trains on all of it
-        block["batch_size"] = min(tc["batch_size"], len(pairs))
+        block["batch_size"] = min(tc["batch_size"], n_sel)
     h = Harness(block, seed=seed, out_dir=out_dir, where="studies.pairrank.dpo",
                 threads=threads, stop_after=stop_after, progress=progress)
     torch.manual_seed(seed)
     device = h.device.type
     t2i = load_t2i(cfg["model"], device)
-    size = t2i.image_size
-    xw = t2i.to_latent(pairs.images("winner", size)).cpu()  # the DataLoader's tensors: on the CPU
-    xl = t2i.to_latent(pairs.images("loser", size)).cpu()
+    # the selected pairs streamed once into model-space files, read memory-mapped by the loader
+    pairs = cache_latents(sel, t2i, out_dir / "latents", seed, h, tc.get("num_workers", 0),
+                          model_key=cfg["model"], progress=progress)
     params = add_lora(t2i.unet, tc["lora_rank"], tc.get("lora_alpha"))
     g = torch.Generator().manual_seed(seed * 7919)
     n_t = t2i.noise_scheduler().config.num_train_timesteps
@@ -93,7 +254,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
 
     def draw(step):
         idx = torch.randint(0, len(pairs), (eff,), generator=g)
-        noise = torch.randn((eff, *xw.shape[1:]), generator=g)
+        noise = torch.randn((eff, *pairs.shape), generator=g)
         t = torch.randint(0, n_t, (eff,), generator=g)
         return idx, {"noise": noise, "t": t}
 
@@ -103,7 +264,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     # generator's state after the last finished step's draws
     h.setup(lora_module(t2i.unet),
             lambda m: torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0)),
-            lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"]),
+            lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"], tc.get("lr_schedule", "cosine")),
             extra_state={"generator": draws.part})
 
     def step(batch):
@@ -114,7 +275,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
                                     policy=h.model)
         return {"loss": loss, "implicit_acc": acc}
 
-    result = h.fit(step, Tensors(xw, xl, torch.arange(len(pairs))), steps=tc["steps"],
+    result = h.fit(step, pairs, collate=as_is, steps=tc["steps"],
                    ckpt_every=tc["ckpt_every"], log_every=tc.get("log_every", 10),
                    order=draws.order, after_step=draws.step_finished,
                    desc=f"diffusion-dpo seed {seed}")

@@ -83,13 +83,6 @@ def validate(scfg: dict, where: str) -> None:
         for k in ("pairs", "prompts"):
             if not Path(scfg["data"].get(k) or "").exists():
                 raise ConfigError(f"{where}.data.{k}: {scfg['data'].get(k)!r} does not exist")
-    if scfg["rewards"]["source"] == "paper" and any(
-            "image_reward" in ab["metrics"] for ab in scfg["ablations"]):
-        # said before any GPU time is spent, not after the DPO runs
-        raise ConfigError(f"{where}.rewards.paper.image_reward: the published ImageReward (BLIP) "
-                          f"cannot be loaded under transformers 5 (the image-reward package fails "
-                          f"to import) and is not yet ported here; drop image_reward from the "
-                          f"ablations' metrics or run it in an environment with transformers<5")
     kind = scfg["model"]["kind"]
     if kind not in ("world", "sd"):
         raise ConfigError(f"{where}.model.kind: expected 'world' or 'sd', got {kind!r}")
@@ -176,7 +169,8 @@ def _reward(P, scfg, kind: str):
     """(block, ref) of reward model `kind`: a world twin trained here, or the published one."""
     r = scfg["rewards"]
     if r["source"] == "paper":
-        return {"source": "paper", "kind": kind, **r["paper"][kind]}, None
+        extra = {"precision": r["precision"]} if "precision" in r else {}
+        return {"source": "paper", "kind": kind, **r["paper"][kind], **extra}, None
     d = data_paths(P, scfg)
     clip, clip_ref = _clip(P, scfg)
     cfg = {"kind": kind, "seed": r["seed"], "train": r["train"][kind], "clip": clip,
@@ -192,7 +186,9 @@ def reward_block(P, scfg, kind: str) -> dict:
 def _scores(P, scfg):
     d = data_paths(P, scfg)
     reward, reward_ref = _reward(P, scfg, scfg["rewards"]["psi"])
-    h = P.add_stage("pairrank_score", {"pairs": d["pairs"], "reward": reward},
+    # the loader's settings enter the stage config only where set (the paper scale's)
+    loader = {k: scfg["rewards"][k] for k in ("batch_size", "num_workers") if k in scfg["rewards"]}
+    h = P.add_stage("pairrank_score", {"pairs": d["pairs"], "reward": reward, **loader},
                     needs={"up": [world_ref(P, scfg), reward_ref]})
     return P.output("pairrank_score", h), P.ref("pairrank_score", h)
 

@@ -20,11 +20,15 @@ Paper-scale wrappers load the published weights: LAION aesthetic MLP on open_cli
 PickScore_v1 through transformers, HPSv2.1 on open_clip ViT-H-14. The pip packages ``hpsv2``
 and ``image-reward`` (and torchmetrics' CLIPScore) do not work with transformers 5 (removed
 imports; ``get_image_features`` now returns a model output), so they are wrapped here directly.
-ImageReward's BLIP backbone is not ported (see `_paper_image_reward`).
+ImageReward's BLIP (ViT-L + BERT with cross-attention) is loaded into transformers' BLIP classes
+from THUDM's ``ImageReward.pt`` by `image_reward.py` (its keys mapped, head and normalisation
+kept).
 """
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -63,14 +67,31 @@ def _mlp(dims, dropout=0.0):
 
 
 class Scorer:
-    def __init__(self, kind, fn, label):
+    """``scorer(images, prompts)`` → float64 scores, in batches of `batch` images, under autocast
+    in ``precision`` (fp16/bf16) where the model runs on CUDA (the CPU stays fp32).
+    ``input_size``: the square size the model reads (streamed images are resized to it in the
+    DataLoader workers; None: images are passed as decoded, as the world's twins read them)."""
+
+    def __init__(self, kind, fn, label, input_size: int | None = None, device="cpu",
+                 precision: str = "fp32"):
         self.kind, self.fn, self.label = kind, fn, label
+        self.input_size, self.device, self.precision = input_size, str(device), precision
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda") and self.precision in ("fp16", "bf16"):
+            return torch.autocast("cuda", dtype={"fp16": torch.float16,
+                                                 "bf16": torch.bfloat16}[self.precision])
+        return contextlib.nullcontext()
 
     def __call__(self, images, prompts, batch: int = 256) -> np.ndarray:
         import torch
 
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             for i in range(0, len(images), batch):
                 out.append(np.asarray(self.fn(images[i:i + batch], list(prompts[i:i + batch])),
                                       dtype=np.float64))
@@ -267,6 +288,9 @@ def load_twin(path, device: str = "cpu") -> Scorer:
 
 
 # ---- paper-scale wrappers --------------------------------------------------------------------
+# Each returns (fn, input size): fn maps uint8 images [N, S, S, 3] (S = the input size, resized
+# in the DataLoader workers with a bicubic shortest-side resize and centre crop, as the models'
+# own preprocessing) and prompts to scores on `device`.
 def _paper_aesthetic(rcfg, device="cpu"):
     """LAION improved aesthetic predictor: MLP (768→1024→128→64→16→1) on CLIP ViT-L/14 embeddings."""
     import open_clip
@@ -285,9 +309,9 @@ def _paper_aesthetic(rcfg, device="cpu"):
 
     def fn(images, prompts):
         img = model.encode_image(clip_pixels(images, size).to(device), normalize=True)
-        return mlp(img).squeeze(1).cpu().numpy()
+        return mlp(img.float()).squeeze(1).float().cpu().numpy()
 
-    return fn
+    return fn, size
 
 
 def _paper_pickscore(rcfg, device="cpu"):
@@ -304,12 +328,12 @@ def _paper_pickscore(rcfg, device="cpu"):
         px = proc(images=list(images), return_tensors="pt").to(device)
         tx = proc(text=prompts, padding=True, truncation=True, max_length=77,
                   return_tensors="pt").to(device)
-        i = _t(model.get_image_features(**px))
-        t = _t(model.get_text_features(**tx))
+        i = _t(model.get_image_features(**px)).float()
+        t = _t(model.get_text_features(**tx)).float()
         i, t = i / i.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
-        return (model.logit_scale.exp() * (i * t).sum(1)).cpu().numpy()
+        return (model.logit_scale.exp() * (i * t).sum(1)).float().cpu().numpy()
 
-    return fn
+    return fn, model.config.vision_config.image_size
 
 
 def _paper_hpsv2(rcfg, device="cpu"):
@@ -326,19 +350,29 @@ def _paper_hpsv2(rcfg, device="cpu"):
     size = _image_size(model)
 
     def fn(images, prompts):
-        i = model.encode_image(clip_pixels(images, size).to(device), normalize=True)
-        t = model.encode_text(tok(prompts).to(device), normalize=True)
+        i = model.encode_image(clip_pixels(images, size).to(device), normalize=True).float()
+        t = model.encode_text(tok(prompts).to(device), normalize=True).float()
         return (i * t).sum(1).cpu().numpy()
 
-    return fn
+    return fn, size
 
 
 def _paper_image_reward(rcfg, device="cpu"):
-    raise ConfigError(
-        "rewards.image_reward at paper scale: ImageReward's published model is a BLIP "
-        "(ViT-L + BERT cross-attention) checkpoint loaded by the `image-reward` package, which "
-        "fails to import with transformers 5; its weights are not yet ported to transformers' "
-        "Blip classes in this project. Use the world twin (tiny) or pin transformers<5 for it.")
+    """THUDM's ImageReward (``ImageReward.pt``) loaded into transformers' BLIP classes
+    (`image_reward.py`)."""
+    from .image_reward import load_image_reward
+
+    model, tok = load_image_reward(rcfg["checkpoint"], rcfg.get("tokenizer", "bert-base-uncased"),
+                                   rcfg.get("med_config"))
+    model.eval().to(device)
+
+    def fn(images, prompts):
+        x = clip_pixels(images, model.image_size).to(device)
+        t = tok(list(prompts), padding="max_length", truncation=True, max_length=35,
+                return_tensors="pt").to(device)
+        return model(x, t.input_ids, t.attention_mask).float().cpu().numpy()
+
+    return fn, model.image_size
 
 
 PAPER = {"aesthetic": _paper_aesthetic, "pickscore": _paper_pickscore, "hpsv2": _paper_hpsv2,
@@ -347,25 +381,100 @@ PAPER = {"aesthetic": _paper_aesthetic, "pickscore": _paper_pickscore, "hpsv2": 
 
 def load_scorer(rcfg: dict, device: str = "cpu") -> Scorer:
     """A reward block: {"source": "twin", "path": ...} or {"source": "paper", "kind": ..., ...};
-    the model runs on `device` (inputs and scores stay NumPy on the CPU)."""
+    the model runs on `device` (inputs and scores stay NumPy on the CPU), under autocast in
+    the block's ``precision`` (fp32 / fp16 / bf16, CUDA only)."""
     if rcfg["source"] == "twin":
-        return load_twin(rcfg["path"], device)
-    if rcfg["source"] == "paper":
-        return Scorer(rcfg["kind"], PAPER[rcfg["kind"]](rcfg, device), rcfg["kind"])
-    raise ConfigError(f"reward source {rcfg['source']!r}: expected 'twin' or 'paper'")
+        sc = load_twin(rcfg["path"], device)
+    elif rcfg["source"] == "paper":
+        fn, size = PAPER[rcfg["kind"]](rcfg, device)
+        sc = Scorer(rcfg["kind"], fn, rcfg["kind"], size)
+    else:
+        raise ConfigError(f"reward source {rcfg['source']!r}: expected 'twin' or 'paper'")
+    sc.device, sc.precision = str(device), rcfg.get("precision", "fp32")
+    return sc
 
 
-def score_pairs(cfg: dict, out) -> dict:
-    """Scores both images of every pair once (ties dropped, winner first) → npz cache."""
-    from ...data.pickapic import load_pairs
+def _shard_done(part: Path, f: Path, n_rows: int) -> bool:
+    """Whether `part` is the complete score file of shard `f` (written atomically, so a file
+    that loads and names the shard's size and row count is whole)."""
+    if not part.is_file():
+        return False
+    try:
+        with np.load(part) as z:
+            return (int(z["n_rows"]) == n_rows and int(z["source_bytes"]) == f.stat().st_size
+                    and len(z["winner"]) == len(z["loser"]) == int(z["n_kept"]))
+    except Exception:
+        return False
+
+
+def score_pairs(cfg: dict, out, progress: bool = True) -> dict:
+    """Scores both images of every pair once (ties dropped, winner first), shard by shard.
+
+    The pairs stream (`data.pickapic.stream_pairs`: row-group units decoded and resized to the
+    model's input size in ``num_workers`` DataLoader workers); pairs are scored in chunks of
+    ``batch_size`` (the winners of a chunk, then its losers) on the job's device. Each input
+    shard gets one score file ``shards/<k>-<name>.npz`` (written atomically); a killed job
+    resumes at the first shard without one. The npz cache `out` (``winner``, ``loser`` in the
+    global pair order, ``shard_counts``) concatenates them; the selection reads only that."""
+    from tqdm import tqdm
+
+    from ...data.pickapic import check_shard, shard_files, stream_pairs
     from ...device import torch_device
 
     t0 = time.time()
-    pairs = load_pairs(cfg["pairs"])
+    files = shard_files(cfg["pairs"])
+    metas = [check_shard(f) for f in files]  # every shard's columns, before any model loads
     scorer = load_scorer(cfg["reward"], torch_device())
-    w = scorer(pairs.images("winner"), pairs.captions)
-    l = scorer(pairs.images("loser"), pairs.captions)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, winner=w, loser=l)
-    return {"n_pairs": len(pairs), "n_ties_dropped": pairs.n_ties,
-            "psi_agrees_with_label": float((w > l).mean()), "wall_s": round(time.time() - t0, 2)}
+    bs, nw = int(cfg.get("batch_size", 256)), int(cfg.get("num_workers", 0))
+    parts = Path(out).parent / "shards"
+    parts.mkdir(parents=True, exist_ok=True)
+    resumed, counts, ties = 0, [], 0
+    bar = tqdm(total=len(files), desc=f"score {scorer.kind}", disable=not progress,
+               mininterval=5, file=sys.stderr)
+    for i, (f, md) in enumerate(zip(files, metas)):
+        part = parts / f"{i:05d}-{f.stem}.npz"
+        if _shard_done(part, f, md.num_rows):
+            resumed += 1
+        else:
+            w, l, caps, bw, bl = [], [], [], [], []
+
+            def flush(n):
+                imgs_w, imgs_l = np.concatenate(bw), np.concatenate(bl)
+                w.append(scorer(imgs_w[:n], caps[:n], bs))
+                l.append(scorer(imgs_l[:n], caps[:n], bs))
+                rest = (imgs_w[n:], imgs_l[n:], caps[n:])
+                bw[:], bl[:], caps[:] = [rest[0]], [rest[1]], rest[2]
+
+            for unit in stream_pairs(cfg["pairs"], size=scorer.input_size, num_workers=nw,
+                                     shards=[i]):
+                if not unit["caption"]:
+                    continue
+                caps += unit["caption"]
+                bw.append(unit["winner"])
+                bl.append(unit["loser"])
+                while len(caps) >= bs:
+                    flush(bs)
+            if caps:
+                flush(len(caps))
+            ws = np.concatenate(w) if w else np.zeros(0)
+            ls = np.concatenate(l) if l else np.zeros(0)
+            tmp = part.with_name(part.stem + ".tmp.npz")
+            np.savez(tmp, winner=ws, loser=ls, n_rows=md.num_rows, n_kept=len(ws),
+                     source_bytes=f.stat().st_size, source=str(f))
+            os.replace(tmp, part)
+        with np.load(part) as z:
+            counts.append(int(z["n_kept"]))
+            ties += md.num_rows - int(z["n_kept"])
+        bar.update(1)
+    bar.close()
+    ws, ls = [], []
+    for i, f in enumerate(files):
+        with np.load(parts / f"{i:05d}-{f.stem}.npz") as z:
+            ws.append(z["winner"])
+            ls.append(z["loser"])
+    w, l = np.concatenate(ws), np.concatenate(ls)
+    np.savez(out, winner=w, loser=l, shard_counts=np.asarray(counts),
+             shards=np.asarray([f.name for f in files]))
+    return {"n_pairs": int(len(w)), "n_ties_dropped": int(ties), "n_shards": len(files),
+            "resumed_shards": resumed, "psi_agrees_with_label": float((w > l).mean()) if len(w) else None,
+            "wall_s": round(time.time() - t0, 2)}

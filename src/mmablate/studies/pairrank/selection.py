@@ -112,11 +112,14 @@ def selection_truth(pairs_path, indices) -> dict | None:
     clean    — the winner shows the prompt's colour and the loser does not;
     reversed — the loser shows it and the winner does not (the label contradicts the truth).
     """
-    from ...data.pickapic import read_table, winner_first
+    import pyarrow.parquet as pq
 
-    df = read_table(pairs_path, required=("label_0", "label_1"), columns=["truth_0", "truth_1"])
-    if not {"truth_0", "truth_1"} <= set(df.columns):
+    from ...data.pickapic import read_table, shard_files, winner_first
+
+    # real data has no ground truth: said from the shards' schemas, without reading their rows
+    if not all({"truth_0", "truth_1"} <= set(pq.read_schema(f).names) for f in shard_files(pairs_path)):
         return None
+    df = read_table(pairs_path, required=("label_0", "label_1"), columns=["truth_0", "truth_1"])
     keep, win_t, lose_t = winner_first(df, pairs_path, "truth")
     win = np.array([json.loads(t)["colour_ok"] for t in win_t], bool)
     lose = np.array([json.loads(t)["colour_ok"] for t in lose_t], bool)
