@@ -215,7 +215,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     Departure from the Diffusion-DPO authors' ``train.py``: they VAE-encode each micro-batch
     (a fresh posterior sample and a random horizontal flip every step); here each image has one
     posterior sample and no flip — 91× fewer encoder forwards at the paper recipe
-    (benchmarks/README.md, "Pair ranking, part 3").
+    (benchmarks/README.md, "Pair ranking at paper scale").
 
     One generator (seeded ``seed · 7919``, its state checkpointed) draws each optimizer step's
     pair indices, then the noise, then the timesteps of the whole effective batch
