@@ -44,6 +44,13 @@ def test_lazy_records_equal_the_eager_batch_encoding(world, arch):
     recs = load_llava_instruct(w / "sft/llava_instruct.json", w / "images")[:6]
     _, proc = build_tiny({"arch": arch, "vision": VISION, "text": TEXT}, COLOURS, SHAPES)
     lazy = collate([Records(proc, recs)[i] for i in range(len(recs))], proc.tokenizer.pad_token_id)
+    # a micro-batch asked for at once (the DataLoader's __getitems__): one processor call
+    batched = collate(Records(proc, recs, cache=True).__getitems__([0, 3, 1, 2, 5, 4, 3]),
+                      proc.tokenizer.pad_token_id)
+    order = [0, 3, 1, 2, 5, 4, 3]
+    one = collate([Records(proc, recs)[i] for i in order], proc.tokenizer.pad_token_id)
+    for k in one:
+        assert torch.equal(batched[k], one[k]), k
     eager = proc(images=[open_image(r["image"]) for r in recs],
                  text=[prompt(proc, r["question"]) for r in recs], return_tensors="pt",
                  padding=True)
