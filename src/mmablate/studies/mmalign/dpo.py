@@ -7,11 +7,16 @@ shares, see `trl_settings`) are routed into trl's `TrainingArguments`:
 
     effective_batch     → gradient_accumulation_steps = effective_batch / batch_size
     batch_size          → per_device_train_batch_size = batch_size / world size (global micro-batch)
-    grad_checkpointing  → gradient_checkpointing (default off)
+    grad_checkpointing  → gradient_checkpointing (default off; non-reentrant; the paper config
+                          turns it on)
     bf16                → bf16 autocast on CUDA only; on the CPU ``use_cpu`` and fp32
     num_workers         → dataloader_num_workers
     max_grad_norm       → max_grad_norm (absent: trl's 1.0, as before; null: no clipping)
     ckpt_every          → save_steps; a run resumes from its newest complete checkpoint
+
+The model loads in bf16 on a GPU (fp32 on the CPU); the dataset holds image paths, decoded per
+batch by the trainer's collator (in the DataLoader workers); online pairs of Mixed-DPO are cached
+per step under ``online/`` beside the output.
 """
 from __future__ import annotations
 
