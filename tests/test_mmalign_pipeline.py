@@ -28,6 +28,8 @@ def test_variants_share_the_base_and_the_bdhs_data():
     assert [a.name for a in P.ablations] == ["mmalign__gamma", "mmalign__mix_p"]
     assert len(P.stages["mmalign_dpo"]) == 9  # 5 + 5 values, the baseline shared
     assert len(P.stages["mmalign_sft"]) == 1 and len(P.stages["mmalign_bdhs"]) == 1
+    # eval.jobs: per_model (the tiny default): the benchmarks run inside the DPO/eval jobs
+    assert "mmalign_bench" not in P.stages and len(P.stages["mmalign_eval"]) == 1
     assert len(P.stages["mmalign_data"]) == 1
     by_gamma = {c["bdhs"]["gamma"]: c for c in P.stages["mmalign_dpo"].values()
                 if c["mixed_dpo"]["p"] == 0.5}
@@ -83,3 +85,23 @@ def test_smoke_run_through_snakemake(tmp_path):
         assert (wf / f"results/tables/mmalign__{ab}.md").is_file()
         assert (wf / f"results/figures/mmalign__{ab}.png").is_file()
     assert list((wf / "results/mmalign/bdhs").glob("*/bdhs_stats.json"))
+
+
+@pytest.mark.slow  # ~5 s of CPU, but a snakemake process parsing 260 jobs
+def test_paper_scale_dry_run_plans_every_mmalign_job(tmp_path):
+    """`snakemake -n all --configfile config/scales/paper.yaml` (stand-in dataset paths that do
+    not exist here, a judge endpoint) plans the training jobs and one benchmark job per
+    (model, benchmark): 9 variants × 3 seeds + the base = 28 models × 7 benchmarks."""
+    wf = copy_workflow(tmp_path)
+    (wf / "overlay.yaml").write_text(yaml.safe_dump(
+        {**ONLY, "studies": {**ONLY["studies"],
+                             "mmalign": {"judge": {"endpoint": "http://judge.invalid:8000/v1"}}}}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--configfile",
+                        "config/scales/paper.yaml", "overlay.yaml"], cwd=wf,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stats = r.stdout[r.stdout.index("Job stats"):].split("\n\n")[0]
+    counts = {ln.split()[0]: int(ln.split()[1]) for ln in stats.splitlines()[3:] if ln.strip()}
+    assert counts["mmalign_bench"] == 28 * 7 and counts["mmalign_merge"] == 28
+    assert counts["mmalign_dpo"] == 27 and counts["mmalign_bdhs"] == 1
+    assert "mmalign_sft" not in counts and "mmalign_eval" not in counts

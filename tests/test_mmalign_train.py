@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmablate.studies.mmalign.trainer import collate_examples
 from mmablate.studies.mmalign.worlddata import write_mmalign_world
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -91,12 +92,14 @@ def test_gamma_averaged_loss_matches_direct_dpo(setup, gamma):
     tr, rows, model, ref, proc = _trainer(setup, gamma, p=1.0)
     beta = 0.1
     with torch.no_grad():
-        got = float(tr.compute_loss(model, {"examples": rows}))
+        got = float(tr.compute_loss(model, collate_examples(rows)))
 
         def dpo(neg):
             out = []
+            from mmablate.studies.mmalign.data import open_image
+
             for r in rows:
-                args = (r["images"][0], r["prompt"])
+                args = (open_image(r["images"][0]), r["prompt"])
                 d = (_seq_logp(model, proc, *args, r["chosen"]) - _seq_logp(ref, proc, *args, r["chosen"])) \
                     - (_seq_logp(model, proc, *args, r[neg]) - _seq_logp(ref, proc, *args, r[neg]))
                 out.append(-torch.nn.functional.logsigmoid(beta * d))
@@ -105,6 +108,31 @@ def test_gamma_averaged_loss_matches_direct_dpo(setup, gamma):
         want = gamma * dpo("rejected") + (1 - gamma) * dpo("rejected_bdhs")
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
     assert abs(got - math.log(2)) > 1e-4  # the test would notice a loss that ignores the pairs
+
+
+@pytest.mark.parametrize("gamma", [0.3, 1.0])
+def test_gamma_combined_pass_equals_two_trl_passes(setup, gamma):
+    """The one-forward loss equals the former formulation: trl's own DPO loss on each pair set,
+    weighted γ and 1 − γ (two forwards, two graphs) — value and gradient."""
+    from trl import DPOTrainer
+
+    tr, rows, model, ref, proc = _trainer(setup, gamma, p=1.0)
+    batch = collate_examples(rows)
+    got = tr.compute_loss(model, batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad = lambda loss: [torch.zeros_like(p) if g is None else g  # noqa: E731
+                         for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+    g_got = grad(got)
+    ex = batch["examples"]
+    want = gamma * DPOTrainer.compute_loss(tr, model, tr._batch(ex, "rejected"))
+    if gamma < 1:
+        want = want + (1 - gamma) * DPOTrainer.compute_loss(tr, model, tr._batch(ex, "rejected_bdhs"))
+    g_want = grad(want)
+    assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    mode = "train" if tr.model.training else "eval"
+    assert tr._metrics[mode]["sequences_per_forward"][-1] == len(rows) * (3 if gamma < 1 else 2)
 
 
 class CountingJudge:
@@ -118,7 +146,7 @@ class CountingJudge:
 def test_mixture_draws_offline_with_probability_p(setup):
     for p, expect_online in ((1.0, False), (0.0, True)):
         tr, rows, model, _, _ = _trainer(setup, 0.5, p, judge=CountingJudge())
-        loss = tr.compute_loss(model, {"examples": rows})
+        loss = tr.compute_loss(model, collate_examples(rows))
         assert torch.isfinite(loss)
         assert (tr.mix_log["online"] > 0) == expect_online
         assert (tr.mix_log["offline"] > 0) == (not expect_online)
@@ -126,7 +154,7 @@ def test_mixture_draws_offline_with_probability_p(setup):
     tr, rows, model, _, _ = _trainer(setup, 0.5, 0.5, judge=CountingJudge())
     for step in range(20):
         tr.state.global_step = step
-        tr.compute_loss(model, {"examples": rows})
+        tr.compute_loss(model, collate_examples(rows))
     frac = tr.mix_log["offline"] / (tr.mix_log["offline"] + tr.mix_log["online"])
     assert 0.35 < frac < 0.65
 

@@ -139,7 +139,8 @@ def test_oracle_judge_needs_the_scene(world):
 
 
 def test_endpoint_judge_against_a_local_openai_compatible_stand_in(world):
-    """The paper-scale judge speaks the chat-completions API; a local server stands in."""
+    """The online-pair judge speaks the chat-completions API with the image; a local server
+    stands in (the benchmark judges: tests/test_mmalign_protocols.py)."""
     d, _ = world
     seen = []
 
@@ -147,7 +148,7 @@ def test_endpoint_judge_against_a_local_openai_compatible_stand_in(world):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, body))
-            reply = {"choices": [{"message": {"content": "Rating: 5"}}]}
+            reply = {"choices": [{"message": {"content": "7"}}]}
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -161,8 +162,7 @@ def test_endpoint_judge_against_a_local_openai_compatible_stand_in(world):
     try:
         j = EndpointJudge({"endpoint": f"http://127.0.0.1:{srv.server_port}/v1", "model": "judge-x"})
         img = next((d / "images").iterdir())
-        assert j.mmhal(img, "q?", "a", "gt") == 5.0
-        assert j.mmvet(img, "q?", "a", "gt") == 1.0  # clipped to MM-Vet's 0-1
+        assert j.rank_score(img, "q?", "a", "gt") == 7.0
     finally:
         srv.shutdown()
     path, body = seen[0]

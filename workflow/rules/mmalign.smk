@@ -44,7 +44,7 @@ rule mmalign_bdhs:
         unpack(upstream("mmalign_bdhs")),
         cfg=stage_input("mmalign_bdhs"),
         src=sources(f"{MMA_SRC}/bdhs.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/judge.py",
-                    f"{MMA_SRC}/data.py", "data/imagetext.py", "training/schedule.py",
+                    f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "data/imagetext.py", "training/schedule.py",
                     "world/scenes.py", "world/vqa.py"),
     output:
         f"{R}/mmalign/bdhs/{{h}}/bdhs.jsonl",
@@ -69,6 +69,7 @@ rule mmalign_dpo:
         cfg=stage_input("mmalign_dpo"),
         src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/trainer.py", f"{MMA_SRC}/evaluate.py",
                     f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py",
+                    f"{MMA_SRC}/protocols.py",
                     "world/vqa.py", "data/imagetext.py", "training", "world/scenes.py"),
     output:
         f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",
@@ -93,8 +94,8 @@ rule mmalign_eval:
         unpack(upstream("mmalign_eval")),
         cfg=stage_input("mmalign_eval"),
         src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
-                    f"{MMA_SRC}/data.py", "world/vqa.py", "data/imagetext.py",
-                    "training/schedule.py", "world/scenes.py"),
+                    f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "world/vqa.py",
+                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
     output:
         f"{R}/mmalign/eval/{{h}}/metrics.json",
     log:
@@ -110,3 +111,48 @@ rule mmalign_eval:
     shell:
         "python -m mmablate mmalign-eval --config {input.cfg} --out {output} --threads {resources.torch_threads}"
         " > {log} 2>&1"
+
+
+# merging JSON records takes a second: on a cluster it runs on the submitting node
+localrules: mmalign_merge
+
+
+rule mmalign_bench:
+    input:
+        unpack(upstream("mmalign_bench")),
+        cfg=stage_input("mmalign_bench"),
+        src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
+                    f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "world/vqa.py",
+                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
+    output:
+        f"{R}/mmalign/bench/{{h}}/metrics.json",
+    log:
+        f"logs/mmalign/bench/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/bench/{{h}}.tsv"
+    threads: COMPUTE_THREADS
+    resources:
+        gpu=GPU,
+        torch_threads=TORCH_THREADS,
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-bench --config {input.cfg} --out {output} --threads {resources.torch_threads}"
+        " > {log} 2>&1"
+
+
+rule mmalign_merge:
+    input:
+        unpack(upstream("mmalign_merge")),
+        cfg=stage_input("mmalign_merge"),
+        src=sources(f"{MMA_SRC}/cli.py"),
+    output:
+        f"{R}/mmalign/merge/{{h}}/metrics.json",
+    log:
+        f"logs/mmalign/merge/{{h}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmalign/merge/{{h}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m mmablate mmalign-merge --config {input.cfg} --out {output} {input.records} > {log} 2>&1"

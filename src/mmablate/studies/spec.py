@@ -293,6 +293,8 @@ MMALIGN = Study(
         "mmalign_bdhs": "mmalign/bdhs/{h}/bdhs.jsonl",
         "mmalign_dpo": "mmalign/dpo/{h}/s{seed}/metrics.json",
         "mmalign_eval": "mmalign/eval/{h}/metrics.json",
+        "mmalign_bench": "mmalign/bench/{h}/metrics.json",
+        "mmalign_merge": "mmalign/merge/{h}/metrics.json",
     },
     unavailable_parts=(
         (("llm backbone", "language backbone", "base llm"),

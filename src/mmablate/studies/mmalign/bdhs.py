@@ -10,6 +10,9 @@ the cut (which then keeps the flipped word). If the new sentence is too similar 
 is regenerated with a new cut and a new
 mask, at most `max_tries` times; the last try is kept either way (and counted as not accepted).
 The preceding sentences of y⁺ are the context of each sentence (each is corrupted on its own).
+The mask acts on every position holding the image token id: with LLaVA-1.6 the processor expands
+the image into the tokens of every AnyRes tile (base image, tiles, row newlines), so all of
+them are masked alike. Images are read from disk batch by batch (``bdhs.num_workers``).
 Written by hand: no library implements BDHS.
 """
 from __future__ import annotations
@@ -60,7 +63,6 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
     records {id, rejected_bdhs, sentences: [{tries, sim, accepted, flipped}]} and statistics."""
     import torch
 
-    from .data import open_image
     from .model import generate
 
     rng = np.random.default_rng(seed)
@@ -75,7 +77,6 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
             units.append({"pair": pi, "sent": si, "orig": s, "context": " ".join(sents[:si]),
                           "tries": 0, "new": None, "sim": None, "accepted": False,
                           "flipped": False})
-    images = {}
     pending = list(range(len(units)))
     t0 = time.time()
     for attempt in range(cfg["max_tries"]):
@@ -88,14 +89,13 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
             u["_kept"], u["flipped"] = kept, flipped
             prefixes.append(" ".join(filter(None, [u["context"], " ".join(kept)])))
             p = pairs[u["pair"]]
-            if p["image"] not in images:
-                images[p["image"]] = open_image(p["image"])
-            imgs.append(images[p["image"]])
+            imgs.append(p["image"])  # a path: decoded batch by batch by `generate`
             qs.append(p["question"])
         outs = generate(model, proc, imgs, qs, max_new_tokens=cfg["max_new_tokens"],
                         do_sample=True, temperature=cfg.get("temperature", 1.0),
                         batch_size=cfg.get("batch_size", 64), attention_hook=hook,
-                        prefixes=prefixes, stop_at_period=True)
+                        prefixes=prefixes, stop_at_period=True,
+                        num_workers=cfg.get("num_workers", 0))
         news = []
         for ui, o in zip(pending, outs):
             u = units[ui]
@@ -155,8 +155,9 @@ def run_bdhs(cfg: dict, out_path, threads=1, progress=True) -> dict:
     set_threads(threads)
     torch.manual_seed(cfg["seed"])
     pairs = load_povid(cfg["pairs"]["file"], cfg["pairs"]["images"], cfg["pairs"].get("limit"))
-    model, proc = load(cfg["reference"])
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    model, proc = load(cfg["reference"], dtype=torch.bfloat16 if cuda else None)
+    if cuda:
         model.to("cuda")
     sim = SentenceSimilarity(cfg["bdhs"]["embedder"])
     recs, stats = bdhs_generate(model, proc, pairs, cfg["bdhs"], sim, cfg["seed"], progress)

@@ -41,49 +41,109 @@ def _eval_record(cfg, seed, metrics, chance, detail, extra):
             "config": cfg, "detail": detail, **extra}
 
 
+def _load_for_eval(path):
+    """A model for generation: bf16 on a GPU (LLaVA-1.6-7B: 14 GB), fp32 on the CPU."""
+    import torch
+
+    from .model import load
+
+    return load(path, dtype=torch.bfloat16 if torch.cuda.is_available() else None)
+
+
+def _judge(cfg, jcfg, where):
+    from .judge import make_judge
+
+    return make_judge(jcfg, cfg.get("scenes") or cfg["eval"].get("scenes"), where,
+                      cache_dir=cfg["eval"].get("judge_cache"))
+
+
 def cmd_eval(a):
-    """The benchmarks of a saved model (the base model's reference row)."""
+    """All benchmarks of a saved model in one job (``eval.jobs: per_model``; the base row)."""
     from ...util import read_json, write_json
     from .evaluate import evaluate, load_benchmarks
-    from .judge import make_judge
-    from .model import load
 
     cfg = read_json(a.config)
     ecfg = cfg["eval"]
     bench = load_benchmarks(ecfg)  # bad benchmark files fail before the model loads
-    judge = make_judge(ecfg["judge"], ecfg.get("scenes"), "eval.judge")
-    model, proc = load(cfg["model"])
+    judge = _judge(cfg, ecfg["judge"], "eval.judge")
+    model, proc = _load_for_eval(cfg["model"])
     m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
     write_json(a.out, _eval_record(cfg, 0, m, chance, detail, {"model": cfg["model"]}))
     print(json.dumps(m))
 
 
-def cmd_dpo(a):
-    """Trains one variant (DPO with BDHS γ and Mixed-DPO p), then runs the benchmarks."""
+def cmd_bench(a):
+    """One benchmark of one saved model (``eval.jobs: per_benchmark``): its metrics only."""
     from ...util import read_json, write_json
-    from .dpo import train_dpo
     from .evaluate import evaluate, load_benchmarks
-    from .judge import make_judge
 
     cfg = read_json(a.config)
     ecfg = cfg["eval"]
-    bench = load_benchmarks(ecfg)
-    judge = make_judge(cfg["judge"], cfg.get("scenes"), "judge")
-    out_dir = Path(a.out).parent
-    model, proc, summary = train_dpo(cfg, a.seed, out_dir, a.threads, judge)
-    if a.save_model:
-        model.save_pretrained(out_dir / "model")
-        proc.save_pretrained(out_dir / "model")
-    shutil.rmtree(out_dir / "ckpt", ignore_errors=True)  # the run finished: no resume needed
+    bench = load_benchmarks(ecfg, [cfg["benchmark"]])
+    judge = _judge(cfg, ecfg["judge"], "eval.judge")
+    model, proc = _load_for_eval(cfg["model"])
     m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
+    write_json(a.out, _eval_record(cfg, cfg["seed"], m, chance, detail,
+                                   {"model": cfg["model"], "benchmark": cfg["benchmark"]}))
+    print(json.dumps(m))
+
+
+def cmd_merge(a):
+    """One evaluation record of a model from its benchmark jobs' records (and the training
+    summary of its DPO job, when there is one)."""
+    from ...errors import DataError
+    from ...util import read_json, write_json
+
+    cfg = read_json(a.config)
+    metrics, chance, detail, extra = {}, {}, {}, {"model": cfg["model"]}
+    for path in a.records:
+        r = read_json(path)
+        if "benchmark" not in r:  # the DPO job's record: its training summary
+            extra["train"] = r.get("train")
+            continue
+        for k in r["metrics"]:
+            if k in metrics:
+                raise DataError(f"{path}: metric {k!r} also comes from another benchmark job")
+        metrics.update(r["metrics"])
+        chance.update(r.get("chance", {}))
+        detail[r["benchmark"]] = r["detail"]
+    missing = [b for b in cfg["benchmarks"] if b not in detail]
+    if missing:
+        raise DataError(f"{a.out}: no record of benchmark(s) {missing} among {a.records}")
+    write_json(a.out, _eval_record(cfg, cfg["seed"], metrics, chance, detail, extra))
+
+
+def cmd_dpo(a):
+    """Trains one variant (DPO with BDHS γ and Mixed-DPO p); with ``eval.jobs: per_model`` it
+    then runs the benchmarks, with ``per_benchmark`` it saves the model for the benchmark jobs
+    (``model/``: the LoRA adapter, or the whole model) and writes the training record."""
+    from ...util import read_json, write_json
+    from .dpo import train_dpo
+    from .evaluate import evaluate, load_benchmarks
+
+    cfg = read_json(a.config)
+    ecfg = cfg["eval"]
+    per_model = ecfg.get("jobs", "per_model") == "per_model"
+    bench = load_benchmarks(ecfg) if per_model else None
+    judge = _judge(cfg, cfg["judge"], "judge")
+    out_dir = Path(a.out).parent
+    save = out_dir / "model" if (a.save_model or not per_model) else None
+    model, proc, summary = train_dpo(cfg, a.seed, out_dir, a.threads, judge, save_to=save)
+    shutil.rmtree(out_dir / "ckpt", ignore_errors=True)  # the run finished: no resume needed
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    if not per_model:
+        write_json(a.out, _eval_record(cfg, a.seed, {}, {}, {}, {"train": summary,
+                                                               "model": str(save)}))
+        print(json.dumps({"train": summary}))
+        return
+    m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
     write_json(a.out, _eval_record(cfg, a.seed, m, chance, detail, {"train": summary}))
     print(json.dumps({"train": summary, "metrics": m}))
 
 
 def register(sub):
     """GPU stages (`gpu=True`: cli.main claims a free GPU first) are those whose rules declare
-    `resources: gpu`: SFT, BDHS generation, DPO and the benchmarks."""
+    `resources: gpu`: SFT, BDHS generation, DPO and the benchmarks (merging records is not)."""
     s = sub.add_parser("mmalign-data", help="write the mmalign world (instructions, pairs, benchmarks)")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True, help="summary JSON; the data are written beside it")
@@ -102,11 +162,23 @@ def register(sub):
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_bdhs, gpu=True)
 
-    s = sub.add_parser("mmalign-eval", help="the eight benchmarks of a saved model")
+    s = sub.add_parser("mmalign-eval", help="all benchmarks of a saved model in one job")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_eval, gpu=True)
+
+    s = sub.add_parser("mmalign-bench", help="one benchmark of a saved model (its own job)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_bench, gpu=True)
+
+    s = sub.add_parser("mmalign-merge", help="one evaluation record from a model's benchmark jobs")
+    s.add_argument("--config", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("records", nargs="+", help="the benchmark jobs' records (and the DPO job's)")
+    s.set_defaults(fn=cmd_merge)
 
     s = sub.add_parser("mmalign-dpo", help="DPO with BDHS (γ) and Mixed-DPO (p), then the benchmarks")
     s.add_argument("--config", required=True)

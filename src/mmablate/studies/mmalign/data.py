@@ -107,8 +107,14 @@ def load_mmhal(path, image_root) -> list[dict]:
             for i, r in enumerate(_load(path))]
 
 
-def load_llavaw(questions, answers, image_root) -> list[dict]:
+def load_llavaw(questions, answers, image_root, context=None) -> list[dict]:
+    """LLaVA-Bench (in the wild): questions, the GPT-4 reference answers and, where given,
+    ``context.jsonl`` ({image, caption}: the captions its judge reads in place of the image)."""
     refs = {r["question_id"]: r["text"] for r in _load(answers)}
+    ctx = {}
+    for i, r in enumerate(_load(context) if context else []):
+        cap = _field(r, "caption", context, i)
+        ctx[_field(r, "image", context, i)] = "\n".join(cap) if isinstance(cap, list) else cap
     out = []
     for i, r in enumerate(_load(questions)):
         q = _field(r, "question_id", questions, i)
@@ -116,7 +122,9 @@ def load_llavaw(questions, answers, image_root) -> list[dict]:
             raise DataError(f"{answers}: no reference answer for question_id {q}")
         out.append({"qid": q, "image": str(Path(image_root) / _field(r, "image", questions, i)),
                     "question": _text(r, "text", questions, i), "gt_answer": refs[q],
-                    "category": r.get("category", "")})
+                    "category": r.get("category", ""), "context": ctx.get(r["image"])})
+        if context and r["image"] not in ctx:
+            raise DataError(f"{context}: no caption for image {r['image']!r}")
     return out
 
 

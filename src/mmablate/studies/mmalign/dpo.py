@@ -7,11 +7,16 @@ shares, see `trl_settings`) are routed into trl's `TrainingArguments`:
 
     effective_batch     → gradient_accumulation_steps = effective_batch / batch_size
     batch_size          → per_device_train_batch_size = batch_size / world size (global micro-batch)
-    grad_checkpointing  → gradient_checkpointing (default off)
+    grad_checkpointing  → gradient_checkpointing (default off; non-reentrant; the paper config
+                          turns it on)
     bf16                → bf16 autocast on CUDA only; on the CPU ``use_cpu`` and fp32
     num_workers         → dataloader_num_workers
     max_grad_norm       → max_grad_norm (absent: trl's 1.0, as before; null: no clipping)
     ckpt_every          → save_steps; a run resumes from its newest complete checkpoint
+
+The model loads in bf16 on a GPU (fp32 on the CPU); the dataset holds image paths, decoded per
+batch by the trainer's collator (in the DataLoader workers); online pairs of Mixed-DPO are cached
+per step under ``online/`` beside the output.
 """
 from __future__ import annotations
 
@@ -59,9 +64,10 @@ def last_checkpoint(ckpt_dir) -> Path | None:
 
 def build_dataset(cfg: dict, proc):
     """The offline pairs (POVID format) joined with their cached BDHS negatives, as the columns
-    trl's vision DPO expects (images, prompt, chosen, rejected) plus rejected_bdhs."""
+    trl's vision DPO expects (images, prompt, chosen, rejected) plus rejected_bdhs. ``images``
+    holds paths: the trainer's collator decodes them per batch (no image is read here)."""
     from ...errors import DataError
-    from .data import load_povid, open_image
+    from .data import load_povid
     from .model import prompt
 
     pairs = load_povid(cfg["pairs"]["file"], cfg["pairs"]["images"], cfg["pairs"].get("limit"))
@@ -75,7 +81,7 @@ def build_dataset(cfg: dict, proc):
     for p in pairs:
         if cfg.get("bdhs_file") and p["id"] not in bdhs:
             raise DataError(f"{cfg['bdhs_file']}: no BDHS negative for pair {p['id']!r}")
-        rows.append({"images": [open_image(p["image"])], "image_path": p["image"],
+        rows.append({"id": p["id"], "images": [p["image"]], "image_path": p["image"],
                      "question": p["question"], "gt": p["chosen"],
                      "prompt": prompt(proc, p["question"]),
                      "chosen": f" {p['chosen']} {eos}", "rejected": f" {p['rejected']} {eos}",
@@ -83,9 +89,12 @@ def build_dataset(cfg: dict, proc):
     return rows
 
 
-def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progress=True):
+def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progress=True,
+              save_to=None):
     """Trains one variant; returns (model, processor, summary). Resumes from the newest
-    Trainer checkpoint under ``out_dir/ckpt``."""
+    Trainer checkpoint under ``out_dir/ckpt``. ``save_to``: a directory receiving the trained
+    model for the benchmark jobs — the LoRA adapter alone when training LoRA (`model.load`
+    merges it into its base), else the whole model — and the processor."""
     import torch
     from datasets import Dataset
     from ...training.schedule import set_threads
@@ -95,9 +104,12 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
     set_threads(threads)
     t0 = time.time()
     out_dir = Path(out_dir)
+    tc = cfg["train"]
     torch.manual_seed(seed)
-    model, proc = load(cfg["model"]["base"])
     cuda = torch.cuda.is_available()
+    # bf16 weights on a GPU (the 7B policy + reference: 28 GB instead of 56); fp32 on the CPU
+    model, proc = load(cfg["model"]["base"],
+                       dtype=torch.bfloat16 if cuda and tc.get("bf16", True) else None)
     peft_config, ref_model = None, None
     if cfg["model"].get("lora"):
         from peft import LoraConfig
@@ -108,7 +120,6 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
     else:  # full fine-tuning: the frozen SFT model is the reference (PITFALLS: pass a copy)
         ref_model = copy.deepcopy(model).eval()
     rows = build_dataset(cfg, proc)
-    tc = cfg["train"]
     args = BDHSMixedDPOConfig(
         output_dir=str(out_dir / "ckpt"), max_steps=tc["steps"], learning_rate=tc["lr"],
         beta=cfg["dpo"]["beta"], lr_scheduler_type="cosine", warmup_steps=tc.get("warmup", 0),
@@ -118,6 +129,9 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
         gamma=float(cfg["bdhs"]["gamma"]), p=float(cfg["mixed_dpo"]["p"]), mix_seed=seed,
         online_max_new_tokens=cfg["mixed_dpo"]["max_new_tokens"],
         online_temperature=cfg["mixed_dpo"].get("temperature", 1.0),
+        online_batch_size=cfg["mixed_dpo"].get("batch_size", 64),
+        online_cache_dir=str(out_dir / "online") if float(cfg["mixed_dpo"]["p"]) < 1 else None,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         **trl_settings(tc, "studies.mmalign.train", cuda))
     trainer = BDHSMixedDPOTrainer(model=model, ref_model=ref_model, args=args,
                                   train_dataset=Dataset.from_list(rows), processing_class=proc,
@@ -125,6 +139,9 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
     resume = last_checkpoint(out_dir / "ckpt")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     model = trainer.model
+    if save_to is not None and trainer.is_world_process_zero():
+        model.save_pretrained(save_to)
+        proc.save_pretrained(save_to)
     if peft_config is not None:
         model = model.merge_and_unload()
     logs = [r for r in trainer.state.log_history if "loss" in r]

@@ -1,16 +1,27 @@
-"""The plan's eight benchmarks, run on one model (the world versions at tiny/smoke scale).
+"""The plan's benchmarks, run on one model (the world versions at tiny/smoke scale), each scored
+by its own protocol (`protocols`, which cites the benchmarks' evaluation code).
 
-* POPE: yes/no object-existence questions, random / popular / adversarial negatives; answers
+* POPE: yes/no object-existence questions, random / popular / adversarial splits; answers
   parsed as LLaVA's ``eval_pope.py``; accuracy, F1 (positive = yes) and yes-ratio per split.
   ``pope`` = F1 averaged over the three splits.
-* MMHAL: open questions rated 0–6 by the judge (MMHal-Bench's rubric); ``mmhal`` = mean rating,
-  ``mmhalv`` = hallucination rate (ratings below 3), in %.
-* LLaVA-W: open questions rated 1–10 by the judge, relative to the judge's rating of the
-  reference answer (LLaVA-Bench's relative score), in %.
-* MM-Vet: questions needing recognition, OCR, counting and spatial awareness, 0–1 by the judge.
-* VQA-T (TextVQA): reading the rendered letter, VQA accuracy min(#matching answers / 3, 1).
-* GQA: attribute and relation questions, exact match of the short answer.
-* Recall-coco: share of an image's annotated objects named in the model's description.
+* MMHAL: MMHal-Bench's judge template, rating 0–6; ``mmhal`` = mean rating, ``mmhalv`` =
+  hallucination rate (ratings below 3), in %.
+* LLaVA-W: LLaVA-Bench's rule (reference and model answer rated 1–10 in one judge request),
+  ``llavaw`` = 100 · mean(model) / mean(reference).
+* MM-Vet: MM-Vet's grader prompt, 0–1 per question, in %.
+* VQA-T (TextVQA): LLaVA's short-answer instruction; VQA accuracy over the 10 human answers
+  with EvalAI's normalisation (m4c_evaluator).
+* GQA: LLaVA's short-answer instruction; exact match after LLaVA's conversion.
+* Recall-coco: share of an image's annotated COCO objects named in the model's description
+  (a name or its plural, whole words). Images: ``recall_coco.subset: pope`` keeps the COCO
+  val2014 images the POPE files ask about (500 images; their objects are annotated for all 80
+  categories, and they are the images POPE already probes for hallucination), ``all`` every
+  annotated image of the instances file (val2014: 40k descriptions of up to 512 tokens, ~10×
+  the generation cost of all other benchmarks together). The paper scale uses ``pope``; the
+  world writes one COCO file over its benchmark images (the same images either way).
+
+Each benchmark can run in its own job (``eval.jobs: per_benchmark``: `run_benchmarks` with one
+name) or all of a model's in one (``per_model``); the metrics are the same either way.
 """
 from __future__ import annotations
 
@@ -18,102 +29,130 @@ import re
 import time
 
 from .data import (POPE_SPLITS, load_coco_instances, load_gqa, load_llavaw, load_mmhal,
-                   load_mmvet, load_pope, load_textvqa, open_image)
+                   load_mmvet, load_pope, load_textvqa)
+from .protocols import (SHORT_ANSWER, gqa_correct, gqa_prediction, pope_parse, pope_scores,
+                        textvqa_accuracy)
+
+BENCHMARKS = ("pope", "mmhal", "llavaw", "mmvet", "vqat", "gqa", "recall_coco")
+# the metrics each benchmark job writes
+BENCH_METRICS = {"pope": ("pope", "pope_acc", "pope_yes_ratio"), "mmhal": ("mmhal", "mmhalv"),
+                 "llavaw": ("llavaw",), "mmvet": ("mmvet",), "vqat": ("vqat",), "gqa": ("gqa",),
+                 "recall_coco": ("recall_coco",)}
+SHORT = ("pope", "vqat", "gqa")  # short answers (max_new_tokens_short)
 
 
-def normalise_answer(a: str) -> str:
-    """VQA-style normalisation: lower case, punctuation and articles removed, spaces collapsed."""
-    a = re.sub(r"[^\w\s]", " ", a.lower())
-    return " ".join(w for w in a.split() if w not in ("a", "an", "the"))
+def _short(q: str) -> str:
+    """LLaVA's short-answer instruction after the question (once; the world's files have it)."""
+    return q if "single word or phrase" in q.lower() else f"{q}\n{SHORT_ANSWER}"
 
 
-def pope_scores(preds, labels) -> dict:
-    tp = sum(p == "yes" and l == "yes" for p, l in zip(preds, labels))
-    fp = sum(p == "yes" and l == "no" for p, l in zip(preds, labels))
-    fn = sum(p == "no" and l == "yes" for p, l in zip(preds, labels))
-    n = len(labels)
-    prec = tp / (tp + fp) if tp + fp else 0.0
-    rec = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    acc = sum(p == l for p, l in zip(preds, labels)) / n
-    return {"acc": acc, "f1": f1, "precision": prec, "recall": rec,
-            "yes_ratio": sum(p == "yes" for p in preds) / n}
-
-
-def vqa_accuracy(pred: str, answers: list[str]) -> float:
-    p = normalise_answer(pred)
-    return min(1.0, sum(normalise_answer(a) == p for a in answers) / 3.0)
-
-
-def load_benchmarks(ecfg: dict) -> dict:
-    """All benchmark records, loaded (and checked) before the model is."""
+def load_benchmarks(ecfg: dict, names=BENCHMARKS) -> dict:
+    """The records of benchmarks `names` (POPE as its three splits), loaded and checked before
+    the model is. Images stay paths (decoded batch by batch at generation)."""
     b = ecfg["benchmarks"]
     lim = ecfg.get("limit")
-    out = {f"pope_{sp}": load_pope(b["pope"]["files"][sp], b["pope"]["images"])[:lim]
-           for sp in POPE_SPLITS}
-    out["mmhal"] = load_mmhal(b["mmhal"]["file"], b["mmhal"]["images"])[:lim]
-    out["llavaw"] = load_llavaw(b["llavaw"]["questions"], b["llavaw"]["answers"],
-                                b["llavaw"]["images"])[:lim]
-    out["mmvet"] = load_mmvet(b["mmvet"]["file"], b["mmvet"]["images"])[:lim]
-    out["vqat"] = load_textvqa(b["vqat"]["file"], b["vqat"]["images"], b["vqat"].get("ext", ".png"))[:lim]
-    out["gqa"] = load_gqa(b["gqa"]["file"], b["gqa"]["images"], b["gqa"].get("ext", ".png"))[:lim]
-    out["recall_coco"] = load_coco_instances(b["recall_coco"]["file"],
-                                             b["recall_coco"]["images"])[:lim]
-    for r in out["recall_coco"]:
-        r["question"] = ecfg["describe_prompt"]
+    out = {}
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        from ...errors import ConfigError
+
+        raise ConfigError(f"eval: unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
+    if "pope" in names:
+        for sp in POPE_SPLITS:
+            out[f"pope_{sp}"] = load_pope(b["pope"]["files"][sp], b["pope"]["images"])[:lim]
+    if "mmhal" in names:
+        out["mmhal"] = load_mmhal(b["mmhal"]["file"], b["mmhal"]["images"])[:lim]
+    if "llavaw" in names:
+        out["llavaw"] = load_llavaw(b["llavaw"]["questions"], b["llavaw"]["answers"],
+                                    b["llavaw"]["images"], b["llavaw"].get("context"))[:lim]
+    if "mmvet" in names:
+        out["mmvet"] = load_mmvet(b["mmvet"]["file"], b["mmvet"]["images"])[:lim]
+    if "vqat" in names:
+        out["vqat"] = [{**r, "question": _short(r["question"])} for r in load_textvqa(
+            b["vqat"]["file"], b["vqat"]["images"], b["vqat"].get("ext", ".png"))[:lim]]
+    if "gqa" in names:
+        out["gqa"] = [{**r, "question": _short(r["question"])} for r in load_gqa(
+            b["gqa"]["file"], b["gqa"]["images"], b["gqa"].get("ext", ".png"))[:lim]]
+    if "recall_coco" in names:
+        rc = b["recall_coco"]
+        recs = load_coco_instances(rc["file"], rc["images"])
+        if rc.get("subset", "all") == "pope":
+            from pathlib import Path
+
+            keep = {Path(r["image"]).name for sp in POPE_SPLITS
+                    for r in load_pope(b["pope"]["files"][sp], b["pope"]["images"])}
+            recs = [r for r in recs if Path(r["image"]).name in keep]
+        out["recall_coco"] = recs[:lim]
+        for r in out["recall_coco"]:
+            r["question"] = ecfg["describe_prompt"]
     return out
 
 
 def answer_all(model, proc, bench: dict, ecfg: dict) -> dict:
-    """Greedy answers to every (image, question) of every benchmark, each asked once."""
+    """Greedy answers to every (image, question) of the loaded benchmarks, each asked once,
+    in batches of ``eval.batch_size`` (images decoded per batch, ``eval.num_workers``)."""
     from .model import generate
 
     todo = {}
     for name, recs in bench.items():
-        short = name.startswith("pope") or name in ("gqa", "vqat")
+        short = name.split("_")[0] in SHORT
         for r in recs:
             todo.setdefault((r["image"], r["question"]), short)
     answers = {}
     for short in (True, False):
         keys = [k for k, s in todo.items() if s == short]
-        imgs = [open_image(i) for i, _ in keys]
-        outs = generate(model, proc, imgs, [q for _, q in keys],
+        if not keys:
+            continue
+        outs = generate(model, proc, [i for i, _ in keys], [q for _, q in keys],
                         max_new_tokens=ecfg["max_new_tokens_short" if short else "max_new_tokens"],
-                        batch_size=ecfg.get("batch_size", 64))
+                        batch_size=ecfg.get("batch_size", 64), num_workers=ecfg.get("num_workers", 0),
+                        progress="answers (short)" if short else "answers")
         answers.update(zip(keys, outs))
     return answers
 
 
-def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
-    from ...world.vqa import pope_parse
+def object_recall(text: str, objects) -> float:
+    t = " " + re.sub(r"\s+", " ", text.lower()) + " "
+    return sum(f" {o.lower()} " in t or f" {o.lower()}s " in t for o in objects) / len(objects)
 
+
+def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
+    """(metrics, details) of the benchmarks present in `bench`."""
     A = lambda r: answers[(r["image"], r["question"])]  # noqa: E731
     m, detail = {}, {}
-    pope = {sp: pope_scores([pope_parse(A(r)) for r in bench[f"pope_{sp}"]],
-                            [r["label"] for r in bench[f"pope_{sp}"]]) for sp in POPE_SPLITS}
-    detail["pope"] = pope
-    m["pope"] = 100 * sum(p["f1"] for p in pope.values()) / 3
-    m["pope_acc"] = 100 * sum(p["acc"] for p in pope.values()) / 3
-    m["pope_yes_ratio"] = 100 * sum(p["yes_ratio"] for p in pope.values()) / 3
-    hal = [judge.mmhal(r["image"], r["question"], A(r), r["gt_answer"]) for r in bench["mmhal"]]
-    m["mmhal"] = sum(hal) / len(hal)
-    m["mmhalv"] = 100 * sum(h < 3 for h in hal) / len(hal)
-    mod = [judge.llavaw(r["image"], r["question"], A(r), r["gt_answer"]) for r in bench["llavaw"]]
-    ref = [judge.llavaw(r["image"], r["question"], r["gt_answer"], r["gt_answer"])
-           for r in bench["llavaw"]]
-    m["llavaw"] = 100 * sum(mod) / sum(ref)
-    m["mmvet"] = 100 * sum(judge.mmvet(r["image"], r["question"], A(r), r["gt_answer"])
-                           for r in bench["mmvet"]) / len(bench["mmvet"])
-    m["vqat"] = 100 * sum(vqa_accuracy(A(r), r["answers"]) for r in bench["vqat"]) / \
-        max(1, len(bench["vqat"]))
-    m["gqa"] = 100 * sum(normalise_answer(A(r)) == normalise_answer(r["answer"])
-                         for r in bench["gqa"]) / len(bench["gqa"])
-    rec = []
-    for r in bench["recall_coco"]:
-        text = " " + re.sub(r"\s+", " ", A(r).lower()) + " "
-        rec.append(sum(f" {o.lower()} " in text or f" {o.lower()}s " in text
-                       for o in r["objects"]) / len(r["objects"]))
-    m["recall_coco"] = 100 * sum(rec) / len(rec)
+
+    def items(name, **extra):
+        return [{"qid": r["qid"], "image": r["image"], "question": r["question"],
+                 "response": A(r), "gt_answer": r.get("gt_answer", ""),
+                 **{k: r.get(k) for k in extra}} for r in bench[name]]
+
+    if "pope_random" in bench:
+        pope = {sp: pope_scores([pope_parse(A(r)) for r in bench[f"pope_{sp}"]],
+                                [r["label"] for r in bench[f"pope_{sp}"]]) for sp in POPE_SPLITS}
+        detail["pope"] = pope
+        m["pope"] = 100 * sum(p["f1"] for p in pope.values()) / 3
+        m["pope_acc"] = 100 * sum(p["acc"] for p in pope.values()) / 3
+        m["pope_yes_ratio"] = 100 * sum(p["yes_ratio"] for p in pope.values()) / 3
+    if "mmhal" in bench:
+        hal = judge.mmhal_many(items("mmhal", image_content=1))
+        m["mmhal"] = sum(hal) / len(hal)
+        m["mmhalv"] = 100 * sum(h < 3 for h in hal) / len(hal)
+    if "llavaw" in bench:
+        sc = judge.llavaw_many(items("llavaw", context=1))
+        m["llavaw"] = 100 * sum(s[1] for s in sc) / sum(s[0] for s in sc)
+        detail["llavaw_reference_mean"] = sum(s[0] for s in sc) / len(sc)
+    if "mmvet" in bench:
+        m["mmvet"] = 100 * sum(judge.mmvet_many(items("mmvet"))) / len(bench["mmvet"])
+    if "vqat" in bench:
+        m["vqat"] = 100 * sum(textvqa_accuracy(A(r), r["answers"]) for r in bench["vqat"]) / \
+            max(1, len(bench["vqat"]))
+    if "gqa" in bench:
+        m["gqa"] = 100 * sum(gqa_correct(A(r), str(r["answer"])) for r in bench["gqa"]) / \
+            len(bench["gqa"])
+        detail["gqa_predictions"] = {str(r["qid"]): gqa_prediction(A(r)) for r in bench["gqa"][:20]}
+    if "recall_coco" in bench:
+        rec = [object_recall(A(r), r["objects"]) for r in bench["recall_coco"]]
+        m["recall_coco"] = 100 * sum(rec) / len(rec)
     return m, detail
 
 
@@ -132,5 +171,7 @@ def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1):
     detail["wall_s"] = round(time.time() - t0, 2)
     detail["examples"] = {k: [{"q": r["question"], "a": answers[(r["image"], r["question"])]}
                               for r in v[:3]] for k, v in bench.items()}
-    chance = {"pope": 50.0, "pope_acc": 50.0}  # uniform yes/no guessing on balanced POPE
+    if hasattr(judge, "client"):
+        detail["judge_requests"] = dict(judge.client.stats)
+    chance = {"pope": 50.0, "pope_acc": 50.0} if "pope_random" in bench else {}
     return m, chance, detail

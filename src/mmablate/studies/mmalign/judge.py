@@ -85,71 +85,185 @@ class OracleJudge:
     def mmvet(self, image, question, response, gt_answer) -> float:
         return short_answer_score(response, gt_answer, question)
 
+    # ---- the batch API the benchmarks use (the endpoint judge's) -------------------------------
+    def mmhal_many(self, items) -> list[float]:
+        return [self.mmhal(it["image"], it["question"], it["response"], it["gt_answer"])
+                for it in items]
+
+    def llavaw_many(self, items) -> list[tuple[float, float]]:
+        """(reference score, model score): the reference answer rated like the model's."""
+        return [(self.llavaw(it["image"], it["question"], it["gt_answer"], it["gt_answer"]),
+                 self.llavaw(it["image"], it["question"], it["response"], it["gt_answer"]))
+                for it in items]
+
+    def mmvet_many(self, items) -> list[float]:
+        return [self.mmvet(it["image"], it["question"], it["response"], it["gt_answer"])
+                for it in items]
+
+    def rank_many(self, items) -> list[float]:
+        return [self.rank_score(*it) for it in items]
+
+
+class JudgeError(DataError):
+    """The judge endpoint failed (after its retries) or gave an answer that does not parse."""
+
+
+class JudgeClient:
+    """An OpenAI-compatible chat-completions client for judges: `concurrency` requests in
+    flight (threads), retries with exponential backoff on 429, 5xx and connection errors, and
+    every request with its answer cached on disk (``cache_dir/<sha256 of the request>.json``),
+    so a rerun re-asks nothing. The cache key is the whole request body (model, messages,
+    temperature, max_tokens)."""
+
+    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+    def __init__(self, url: str, model: str, key: str = "", timeout: float = 120,
+                 cache_dir=None, concurrency: int = 8, retries: int = 6, backoff_s: float = 2.0):
+        self.url, self.model, self.key, self.timeout = url, model, key, timeout
+        self.cache_dir = None if cache_dir is None else __import__("pathlib").Path(cache_dir)
+        self.concurrency, self.retries, self.backoff_s = concurrency, retries, backoff_s
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}
+
+    def _cache_file(self, body: dict):
+        import hashlib
+
+        if self.cache_dir is None:
+            return None
+        h = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / h[:2] / f"{h}.json"
+
+    def _post(self, body: dict) -> str:
+        import time
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            req = urllib.request.Request(self.url, data=data, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    reply = json.loads(r.read())
+                return reply["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as e:
+                if e.code not in self.RETRY_STATUS or attempt == self.retries:
+                    raise JudgeError(f"judge endpoint {self.url}: HTTP {e.code} "
+                                     f"({e.read()[:200]!r}) after {attempt + 1} tries") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == self.retries:
+                    raise JudgeError(f"judge endpoint {self.url}: {e} after {attempt + 1} tries") \
+                        from None
+            except (KeyError, IndexError, TypeError, json.JSONDecodeError):
+                raise JudgeError(f"judge endpoint {self.url}: not a chat-completions reply") \
+                    from None
+            self.stats["retries"] += 1
+            time.sleep(self.backoff_s * 2 ** attempt)
+
+    def ask(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                "temperature": temperature}
+        f = self._cache_file(body)
+        if f is not None and f.is_file():
+            self.stats["cache_hits"] += 1
+            return json.loads(f.read_text())["reply"]
+        self.stats["requests"] += 1
+        reply = self._post(body)
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"request": body, "reply": reply}))
+            tmp.replace(f)
+        return reply
+
+    def ask_many(self, requests: list[dict], desc: str = "judge") -> list[str]:
+        """Answers to ``requests`` (each the keyword arguments of `ask`), in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        with ThreadPoolExecutor(max(1, self.concurrency)) as ex:
+            return list(tqdm(ex.map(lambda r: self.ask(**r), requests), total=len(requests),
+                             desc=desc, mininterval=10, disable=len(requests) < 50))
+
 
 class EndpointJudge:
-    """A judge model behind an OpenAI-compatible chat-completions endpoint (paper scale)."""
+    """The benchmarks' judges behind an OpenAI-compatible endpoint (paper scale), each asked
+    with its benchmark's published prompt and scored by its published rule (`protocols`):
+    MMHal-Bench, LLaVA-Bench and MM-Vet send text only, as their scripts do. Ranking online
+    pairs has no published prompt (the paper's judge is LLaVA-1.6-34B): the project's own,
+    with the image, asks for a 1–10 rating."""
 
     name = "endpoint"
 
-    def __init__(self, cfg: dict, where: str = "judge"):
+    def __init__(self, cfg: dict, where: str = "judge", cache_dir=None):
         if not cfg.get("endpoint"):
             raise ConfigError(f"{where}.endpoint: the judged metrics (MMHAL, MMHALv, LLaVA-W, "
                               f"MM-Vet) and the online-pair judge need an OpenAI-compatible judge "
                               f"endpoint at paper scale (e.g. http://host:8000/v1); none is set")
-        self.url = cfg["endpoint"].rstrip("/") + "/chat/completions"
-        self.model = cfg["model"]
-        self.key = os.environ.get(cfg.get("api_key_env") or "OPENAI_API_KEY", "")
-        self.timeout = cfg.get("timeout_s", 120)
+        self.client = JudgeClient(
+            cfg["endpoint"].rstrip("/") + "/chat/completions", cfg["model"],
+            os.environ.get(cfg.get("api_key_env") or "OPENAI_API_KEY", ""),
+            cfg.get("timeout_s", 120), cache_dir or cfg.get("cache_dir"),
+            cfg.get("concurrency", 8), cfg.get("retries", 6), cfg.get("backoff_s", 2.0))
 
-    def _ask(self, image, prompt: str) -> str:
-        import urllib.request
-
+    @staticmethod
+    def _image_part(image) -> dict:
         from .data import open_image
 
         buf = io.BytesIO()
         open_image(image).save(buf, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-        body = {"model": self.model, "temperature": 0, "max_tokens": 512, "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": prompt}]}]}
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as r:
-            return json.loads(r.read())["choices"][0]["message"]["content"]
+        return {"type": "image_url",
+                "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
 
-    @staticmethod
-    def _number(text: str, lo: float, hi: float) -> float:
-        m = re.findall(r"-?\d+(?:\.\d+)?", text)
-        if not m:
-            raise DataError(f"judge endpoint: no rating in its reply {text[:200]!r}")
-        return min(hi, max(lo, float(m[-1])))
+    # ---- batch API (one call per benchmark) ----------------------------------------------------
+    def mmhal_many(self, items) -> list[float]:
+        from .protocols import mmhal_request, parse_mmhal
+
+        replies = self.client.ask_many([{"messages": mmhal_request(
+            it["image_content"], it["question"], it["gt_answer"], it["response"]),
+            "max_tokens": 1024} for it in items], "judge mmhal")
+        return [float(parse_mmhal(r, "mmhal", it["qid"])) for r, it in zip(replies, items)]
+
+    def llavaw_many(self, items) -> list[tuple[float, float]]:
+        """(reference score, model score) per question, from one request each."""
+        from .protocols import llavaw_request, parse_llavaw
+
+        replies = self.client.ask_many([{"messages": llavaw_request(
+            it.get("context") or it["gt_answer"], it["question"], it["gt_answer"], it["response"]),
+            "max_tokens": 1024, "temperature": 0.2} for it in items], "judge llavaw")
+        return [parse_llavaw(r, "llavaw", it["qid"]) for r, it in zip(replies, items)]
+
+    def mmvet_many(self, items) -> list[float]:
+        from .protocols import mmvet_request, parse_mmvet
+
+        replies = self.client.ask_many([{"messages": mmvet_request(
+            it["question"], it["gt_answer"], it["response"]), "max_tokens": 3}
+            for it in items], "judge mmvet")
+        return [parse_mmvet(r, "mmvet", it["qid"]) for r, it in zip(replies, items)]
+
+    def rank_many(self, items) -> list[float]:
+        """Scores of (image, question, response, gt) tuples for ordering online pairs."""
+        replies = self.client.ask_many([{"messages": [{"role": "user", "content": [
+            self._image_part(img), {"type": "text", "text": (
+                "Rate the helpfulness, relevance, accuracy and level of detail of the response "
+                "to the question about the image on a scale of 1 to 10; hallucinated content "
+                "must lower the rating. Reply with the rating only.\n"
+                f"Question: {q}\nReference answer: {gt}\nResponse: {resp}")}]}],
+            "max_tokens": 8} for img, q, resp, gt in items], "judge online pairs")
+        out = []
+        for r, (img, q, _, _) in zip(replies, items):
+            m = re.findall(r"\d+(?:\.\d+)?", r)
+            if not m:
+                raise JudgeError(f"online pairs: question {q!r} ({os.path.basename(str(img))}): "
+                                 f"malformed judge answer (no rating): {r[:200]!r}")
+            out.append(min(10.0, max(1.0, float(m[0]))))
+        return out
 
     def rank_score(self, image, question, response, gt_answer) -> float:
-        return self.llavaw(image, question, response, gt_answer)
-
-    def mmhal(self, image, question, response, gt_answer) -> float:
-        return self._number(self._ask(image, (
-            "Rate the response to the question about the image on MMHal-Bench's scale: 6 very "
-            "informative, no hallucination; 5 informative, no hallucination; 4 somewhat "
-            "informative, no hallucination; 3 not informative, no hallucination; 2 very "
-            "informative with hallucination; 1 somewhat informative with hallucination; 0 not "
-            "informative with hallucination. Reply with the rating last.\n"
-            f"Question: {question}\nStandard answer: {gt_answer}\nResponse: {response}")), 0, 6)
-
-    def llavaw(self, image, question, response, gt_answer) -> float:
-        return self._number(self._ask(image, (
-            "Rate the helpfulness, relevance, accuracy and level of detail of the response on a "
-            "scale of 1 to 10. Reply with the rating last.\n"
-            f"Question: {question}\nReference answer: {gt_answer}\nResponse: {response}")), 1, 10)
-
-    def mmvet(self, image, question, response, gt_answer) -> float:
-        return self._number(self._ask(image, (
-            "Compare the answer with the ground truth and give a correctness score between 0.0 "
-            "and 1.0 (partial credit allowed). Reply with the score last.\n"
-            f"Question: {question}\nGround truth: {gt_answer}\nAnswer: {response}")), 0, 1)
+        return self.rank_many([(image, question, response, gt_answer)])[0]
 
 
-def make_judge(cfg: dict, scenes_path=None, where="judge"):
+def make_judge(cfg: dict, scenes_path=None, where="judge", cache_dir=None):
     if cfg["kind"] == "oracle":
         from .data import load_scenes
 
@@ -157,7 +271,7 @@ def make_judge(cfg: dict, scenes_path=None, where="judge"):
             raise ConfigError(f"{where}.kind: the world oracle judge needs the world's scenes.jsonl")
         return OracleJudge(load_scenes(scenes_path))
     if cfg["kind"] == "endpoint":
-        return EndpointJudge(cfg, where)
+        return EndpointJudge(cfg, where, cache_dir)
     raise ConfigError(f"{where}.kind: unknown judge {cfg['kind']!r}; known: oracle, endpoint")
 
 

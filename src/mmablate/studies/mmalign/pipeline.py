@@ -5,8 +5,13 @@ Stages (each a job, shared where the config is the same):
   mmalign_sft   — the tiny LLaVA built from config and instruction-tuned: the shared base
                   (paper scale: skipped, the base is llava-hf/llava-v1.6-vicuna-7b-hf);
   mmalign_bdhs  — BDHS negatives of every offline pair from the reference (= base) model, once;
-  mmalign_dpo   — per variant and seed: DPO (γ-averaged, p-mixed) then the eight benchmarks;
-  mmalign_eval  — the benchmarks of the base model itself (the reference row of the tables).
+  mmalign_dpo   — per variant and seed: DPO (γ-averaged, p-mixed), then (``eval.jobs:
+                  per_model``, the tiny default) the benchmarks in the same job;
+  mmalign_eval  — (per_model) the benchmarks of the base model itself (the reference row);
+  mmalign_bench — (``eval.jobs: per_benchmark``, the paper default) one job per (model,
+                  benchmark), GPU: a failing benchmark fails only its job;
+  mmalign_merge — (per_benchmark) a model's benchmark records as its one evaluation record
+                  (seconds, no GPU).
 """
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ def validate(scfg: dict, where: str) -> None:
                           f"MM-Vet) and the online-pair judge of Mixed-DPO need an "
                           f"OpenAI-compatible judge endpoint (e.g. http://host:8000/v1 serving "
                           f"{j.get('model') or 'the judge model'}); none is set")
+    if scfg["eval"].get("jobs", "per_model") not in ("per_model", "per_benchmark"):
+        raise ConfigError(f"{where}.eval.jobs: {scfg['eval']['jobs']!r}; known: per_model (all "
+                          f"benchmarks of a model in one job), per_benchmark (one job each)")
     data = scfg["data"]
     if data["source"] == "files":
         if not scfg["model"].get("base"):
@@ -112,9 +120,37 @@ def resolved(P, scfg):
     return base, sh, bench, pairs, scenes
 
 
-def eval_config(scfg, bench, scenes) -> dict:
+def eval_config(scfg, bench, scenes, results=None) -> dict:
     e = {k: v for k, v in scfg["eval"].items() if k not in ("benchmarks", "dataset_name")}
-    return {**e, "benchmarks": bench, "judge": scfg["judge"], "scenes": scenes}
+    out = {**e, "benchmarks": bench, "judge": scfg["judge"], "scenes": scenes}
+    if scfg["judge"]["kind"] == "endpoint" and results is not None:
+        # every judge request and answer, shared by all jobs (keyed by the request's content)
+        out["judge_cache"] = scfg["judge"].get("cache_dir") or f"{results}/mmalign/judge_cache"
+    return out
+
+
+def per_benchmark(scfg) -> bool:
+    return scfg["eval"].get("jobs", "per_model") == "per_benchmark"
+
+
+def benchmark_jobs(P, model: str, seed: int, ecfg: dict, needs: dict, train=None) -> str:
+    """The (model, benchmark) jobs of one model and the job merging their records; returns the
+    merged record's path. `needs`: the upstream jobs the model needs (its DPO job, the world);
+    `train`: the DPO job's Ref whose training summary the merged record carries."""
+    from ...pipeline import Ref
+
+    from .evaluate import BENCHMARKS
+
+    refs = []
+    for b in BENCHMARKS:
+        bh = P.add_stage("mmalign_bench", {"model": model, "seed": seed, "benchmark": b,
+                                           "eval": ecfg}, needs=needs)
+        refs.append(Ref("mmalign_bench", bh))
+    mh = P.add_stage("mmalign_merge", {"model": model, "seed": seed,
+                                       "benchmarks": list(BENCHMARKS),
+                                       "bench_jobs": [r.h for r in refs]},
+                     needs={"records": refs + ([train] if train else [])})
+    return P.output("mmalign_merge", mh)
 
 
 def _needs(P, sh, scenes) -> dict:
@@ -138,10 +174,23 @@ def variant(P, vcfg: dict):
            "bdhs_file": P.output("mmalign_bdhs", bh) if bh else None,
            "pairs": pairs, "bdhs": {"gamma": gamma}, "mixed_dpo": vcfg["mixed_dpo"],
            "dpo": vcfg["dpo"], "train": vcfg["train"], "judge": vcfg["judge"], "scenes": scenes,
-           "eval": eval_config(vcfg, bench, scenes)}
+           "eval": eval_config(vcfg, bench, scenes, P.results)}
+    if per_benchmark(vcfg):  # the benchmarks run in their own jobs: training ignores them
+        cfg["eval"] = {"jobs": "per_benchmark",
+                       **({"judge_cache": cfg["eval"]["judge_cache"]}
+                          if "judge_cache" in cfg["eval"] else {})}
     h = P.add_stage("mmalign_dpo", cfg,
                     needs={**_needs(P, sh, scenes), "bdhs": P.ref("mmalign_bdhs", bh)})
-    return h, {s: P.output("mmalign_dpo", h, s) for s in P.seeds}
+    if not per_benchmark(vcfg):
+        return h, {s: P.output("mmalign_dpo", h, s) for s in P.seeds}
+    ecfg = eval_config(vcfg, bench, scenes, P.results)
+    evals = {}
+    for seed in P.seeds:
+        model = f"{P.stage_dir('mmalign_dpo', h)}/s{seed}/model"
+        dpo = P.ref("mmalign_dpo", h, seed)
+        evals[seed] = benchmark_jobs(P, model, seed, ecfg,
+                                     {**_needs(P, sh, scenes), "model": dpo}, train=dpo)
+    return h, evals
 
 
 def references(P, scfg):
@@ -149,9 +198,12 @@ def references(P, scfg):
     from ...pipeline import Row
 
     base, sh, bench, _, scenes = resolved(P, scfg)
-    h = P.add_stage("mmalign_eval", {"model": base, "sft": sh,
-                                     "eval": eval_config(scfg, bench, scenes)},
+    ecfg = eval_config(scfg, bench, scenes, P.results)
+    label = "base (SFT)" if sh else "base"
+    if per_benchmark(scfg):
+        path = benchmark_jobs(P, base, 0, ecfg, _needs(P, sh, scenes))
+        return [Row(label, None, False, P.job_of(path)[1], {0: path}, kind="reference")]
+    h = P.add_stage("mmalign_eval", {"model": base, "sft": sh, "eval": ecfg},
                     needs=_needs(P, sh, scenes))
-    return [Row("base (SFT)" if sh else "base", None, False, h,
-                {0: P.output("mmalign_eval", h)}, kind="reference")]
+    return [Row(label, None, False, h, {0: P.output("mmalign_eval", h)}, kind="reference")]
 

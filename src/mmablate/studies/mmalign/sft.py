@@ -11,66 +11,113 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ...training.schedule import make_scheduler
 
 
-def encode_records(proc, records, images_cache=None):
-    """Tokenises (prompt, answer) records once: prompt ids (image tokens expanded by the
-    processor), answer ids + eos, and the index of each record's image in `pixel_values`."""
-
+def encode_record(proc, r) -> tuple:
+    """One (prompt, answer) record, its image decoded from disk: (prompt ids with the image
+    tokens expanded by the processor, answer ids + eos, pixel values, image size or None)."""
     from .data import open_image
     from .model import prompt
 
-    paths = sorted({r["image"] for r in records})
-    index = {p: i for i, p in enumerate(paths)}
-    imgs = [open_image(p) for p in paths]
-    pixel_values = proc.image_processor(imgs, return_tensors="pt")["pixel_values"]
     tok = proc.tokenizer
-    out = []
-    B = 512
-    for i in range(0, len(records), B):
-        chunk = records[i:i + B]
-        enc = proc(images=[imgs[index[r["image"]]] for r in chunk],
-                   text=[prompt(proc, r["question"]) for r in chunk])
-        for r, ids in zip(chunk, enc["input_ids"]):
-            ans = tok(" " + r["answer"] + " " + tok.eos_token, add_special_tokens=False)["input_ids"]
-            out.append((list(ids), ans, index[r["image"]]))
-    return out, pixel_values
+    enc = proc(images=[open_image(r["image"])], text=[prompt(proc, r["question"])],
+               return_tensors="pt")
+    ans = tok(" " + r["answer"] + " " + tok.eos_token, add_special_tokens=False)["input_ids"]
+    sizes = enc["image_sizes"][0] if "image_sizes" in enc else None  # LLaVA-1.6 (AnyRes)
+    return enc["input_ids"][0].tolist(), ans, enc["pixel_values"][0], sizes
 
 
-def collate(items, pixel_values, pad_id):
-    """Right-padded batch with labels only on the answer tokens."""
+def encode_batch(proc, records) -> list[tuple]:
+    """`encode_record` of several records with one processor call (the per-call overhead of
+    the processor is most of a tiny record's cost: 3.4 ms a record one by one, ~1 ms batched).
+    AnyRes processors pad their tiles per call, so they encode one record at a time."""
+    from .data import open_image
+    from .model import prompt
+
+    if "image_grid_pinpoints" in proc.image_processor.to_dict() or len(records) == 1:
+        return [encode_record(proc, r) for r in records]
+    tok = proc.tokenizer
+    enc = proc(images=[open_image(r["image"]) for r in records],
+               text=[prompt(proc, r["question"]) for r in records])
+    ans = tok([" " + r["answer"] + " " + tok.eos_token for r in records],
+              add_special_tokens=False)["input_ids"]
     import torch
 
-    L = max(len(p) + len(a) for p, a, _ in items)
+    pix = torch.as_tensor(np.asarray(enc["pixel_values"]))
+    return [(list(ids), a, pix[k], None) for k, (ids, a) in enumerate(zip(enc["input_ids"], ans))]
+
+
+def encode_records(proc, records):
+    """Every record encoded at once (the eager reference of `Records`; tests)."""
+    return [encode_record(proc, r) for r in records]
+
+
+def collate(items, pad_id):
+    """Right-padded batch with labels only on the answer tokens; AnyRes pixel values (one
+    tensor of tiles per image) are zero-padded to the batch's largest tile count, which the
+    model reads back from ``image_sizes``."""
+    import torch
+
+    L = max(len(p) + len(a) for p, a, *_ in items)
     ids = torch.full((len(items), L), pad_id)
     att = torch.zeros((len(items), L), dtype=torch.long)
     lab = torch.full((len(items), L), -100)
-    for k, (p, a, _) in enumerate(items):
+    for k, (p, a, *_) in enumerate(items):
         n = len(p) + len(a)
         ids[k, :n] = torch.tensor(p + a)
         att[k, :n] = 1
         lab[k, len(p):n] = torch.tensor(a)
-    return {"input_ids": ids, "attention_mask": att, "labels": lab,
-            "pixel_values": pixel_values[[i for _, _, i in items]]}
+    out = {"input_ids": ids, "attention_mask": att, "labels": lab}
+    pix = [it[2] for it in items]
+    if items[0][3] is not None:
+        T = max(x.shape[0] for x in pix)
+        pix = [torch.cat([x, x.new_zeros((T - x.shape[0], *x.shape[1:]))]) for x in pix]
+        out["image_sizes"] = torch.stack([it[3] for it in items])
+    out["pixel_values"] = torch.stack(pix)
+    return out
 
 
-class _Items:
-    """The encoded records as a map-style dataset (item i: (prompt ids, answer ids, image))."""
+class Records:
+    """The instruction records as a map-style dataset: item i is record i encoded with its image
+    decoded from disk when first asked for (in the DataLoader's workers when ``num_workers`` >
+    0). ``cache``: keep each encoded item (the world's ~15k tiny records: ~20 MB, each image
+    then decoded once); off, nothing is held beyond the batch (paper-sized data)."""
 
-    def __init__(self, items):
-        self.items = items
+    def __init__(self, proc, records, cache=False):
+        self.proc, self.records, self.cache = proc, records, {} if cache else None
 
     def __len__(self):
-        return len(self.items)
+        return len(self.records)
 
     def __getitem__(self, i):
-        return self.items[i]
+        i = int(i)
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        item = encode_record(self.proc, self.records[i])
+        if self.cache is not None:
+            self.cache[i] = item
+        return item
+
+    def __getitems__(self, idx):
+        """A micro-batch's items (the DataLoader asks for them together): the records not yet
+        cached encoded with one processor call."""
+        idx = [int(i) for i in idx]
+        have = self.cache or {}
+        todo = sorted({i for i in idx if i not in have})
+        new = dict(zip(todo, encode_batch(self.proc, [self.records[i] for i in todo]))) \
+            if todo else {}
+        if self.cache is not None:
+            self.cache.update(new)
+        return [have[i] if i in have else new[i] for i in idx]
 
 
 def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=True) -> dict:
     """Trains on the training harness (``sft``: ``effective_batch``, ``max_grad_norm`` (default
-    1.0 as before; null: none), ``bf16``, ``grad_checkpointing``, ``num_workers``).
+    1.0 as before; null: none), ``bf16``, ``grad_checkpointing``, ``num_workers``); images are
+    decoded lazily by `Records` (``cache_items``: keep the encoded records, the tiny default).
 
     Step s trains on ``effective_batch`` records drawn with replacement by a generator seeded
     ``seed · 100003 + s`` (a function of the step: resuming needs no generator state), micro-batch
@@ -93,7 +140,7 @@ def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=Tr
     torch.manual_seed(seed)
     records = load_llava_instruct(cfg["data"]["file"], cfg["data"]["images"], tc.get("max_records"))
     model, proc = build_tiny(cfg["model"], cfg["colours"], cfg["shapes"])
-    items, pixel_values = encode_records(proc, records)
+    items = Records(proc, records, cache=bool(tc.get("cache_items", False)))
     eff = h.settings["effective_batch"]
 
     def order(step):
@@ -108,9 +155,9 @@ def train_sft(cfg: dict, out_dir, threads: int = 1, stop_after=None, progress=Tr
     def step(batch):
         return {"loss": h.model(**batch).loss}
 
-    result = h.fit(step, _Items(items), steps=tc["steps"], ckpt_every=tc["ckpt_every"],
+    result = h.fit(step, items, steps=tc["steps"], ckpt_every=tc["ckpt_every"],
                    log_every=tc["log_every"], order=order,
-                   collate=lambda b: collate(b, pixel_values, pad), desc="sft",
+                   collate=lambda b: collate(b, pad), desc="sft",
                    columns=["step", "loss", "lr"])
     if "stopped_at" in result:
         return result

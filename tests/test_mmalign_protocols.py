@@ -1,0 +1,174 @@
+"""mmalign's benchmark protocols against hand-computed examples (POPE, TextVQA, GQA, the judge
+prompts' parsing), and the judge client against a local OpenAI-compatible stand-in: retries on
+429/500, every answer cached on disk, a malformed answer an error naming the benchmark and the
+question."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from mmablate.errors import DataError
+from mmablate.studies.mmalign import protocols as P
+from mmablate.studies.mmalign.judge import EndpointJudge, JudgeError
+
+
+def test_pope_first_sentence_and_scores_by_hand():
+    answers = ["Yes, there is a dog in the image.", "No.", "There is not a cat. Yes it is.",
+               "Nope, no cat here", "Not sure."]
+    preds = [P.pope_parse(a) for a in answers]
+    # "Not" (capitalised) is not one of eval_pope.py's words: a "yes"
+    assert preds == ["yes", "no", "no", "no", "yes"]
+    s = P.pope_scores(preds, ["yes", "no", "yes", "no", "no"])
+    # TP 1 (0), FP 1 (4), TN 2 (1, 3), FN 1 (2)
+    assert (s["tp"], s["fp"], s["tn"], s["fn"]) == (1, 1, 2, 1)
+    assert s["acc"] == pytest.approx(0.6) and s["precision"] == pytest.approx(0.5)
+    assert s["recall"] == pytest.approx(0.5) and s["f1"] == pytest.approx(0.5)
+    assert s["yes_ratio"] == pytest.approx(0.4)
+
+
+def test_textvqa_evalai_normalisation_and_soft_accuracy_by_hand():
+    assert P.evalai_normalise("Two.") == "2"
+    assert P.evalai_normalise("The Dog") == "dog"
+    assert P.evalai_normalise("dont") == "don't"
+    assert P.evalai_normalise("1,000") == "1000"
+    answers = ["two", "two", "2"] + ["three"] * 7  # normalised: "2" x 3, "3" x 7
+    # leave-one-out over the 10: a "2" left out (3 ways) leaves 2 matches -> 2/3; a "3" left
+    # out (7 ways) leaves 3 -> 1; mean (3 * 2/3 + 7) / 10 = 0.9
+    assert P.textvqa_accuracy("Two.", answers) == pytest.approx(0.9)
+    assert P.textvqa_accuracy("3", answers) == pytest.approx(1.0)
+    assert P.textvqa_accuracy("four", answers) == 0.0
+    # one matching answer of 10: left out once (0 matches), else 1 match -> 1/3; mean 0.3
+    assert P.textvqa_accuracy("a cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)
+
+
+def test_gqa_exact_match_after_llavas_conversion():
+    assert P.gqa_correct("Yes.", "yes") and P.gqa_correct(" red . ", "red")
+    assert not P.gqa_correct("the red", "red")  # no article stripping in GQA
+    assert not P.gqa_correct("left side", "left")
+
+
+def test_short_answer_instruction_is_llavas():
+    from mmablate.studies.mmalign.evaluate import _short
+
+    assert P.SHORT_ANSWER == "Answer the question using a single word or phrase."
+    assert _short("What colour?") == "What colour?\nAnswer the question using a single word or phrase."
+    world = "what colour ?\nanswer the question using a single word or phrase ."
+    assert _short(world) == world
+
+
+def test_judge_prompts_and_their_parsing():
+    msg = P.mmhal_request(["Cat", "Lynx"], "How many?", "Two cats.", "One cat.")[0]["content"]
+    assert msg.endswith("### Image Contents\nCat, Lynx\n\n### Question\nHow many?\n\n"
+                        "### Standard Human-Generated Answer\nTwo cats.\n\n"
+                        "### LMM Response to Evaluate\nOne cat.\n")
+    assert "- Rating: 6, very informative with good analysis or reasoning" in msg
+    assert P.parse_mmhal("The response is fine.\nRating: 4, somewhat informative") == 4
+    with pytest.raises(DataError, match=r"mmhal: question 3: malformed judge answer \(no"):
+        P.parse_mmhal("I cannot rate this.", "mmhal", 3)
+    with pytest.raises(DataError, match="several"):
+        P.parse_mmhal("Rating: 2 ... actually Rating: 5", "mmhal", 3)
+    sys_, user = P.llavaw_request(["a cat on a mat"], "What is it?", "A cat.", "A dog.")
+    assert sys_["role"] == "system" and user["content"].startswith("[Context]\na cat on a mat\n\n")
+    assert "[Assistant 1]\nA cat.\n\n[End of Assistant 1]" in user["content"]
+    assert P.parse_llavaw("8, 6\nAssistant 1 is better.") == (8.0, 6.0)
+    with pytest.raises(DataError, match="llavaw: question q9: malformed"):
+        P.parse_llavaw("Assistant 1: 8", "llavaw", "q9")
+    q = P.mmvet_request("What is x?", "-1<AND>-5", "x = -1")[0]["content"]
+    assert q.endswith("\nWhat is x? | -1 <AND> -5 | x = -1 | ")
+    assert P.parse_mmvet("0.5") == 0.5
+    with pytest.raises(DataError, match="mmvet: question v1_3"):
+        P.parse_mmvet("1.5", "mmvet", "v1_3")
+
+
+class _Server:
+    """A local chat-completions stand-in: answers `reply(body)` after failing the first
+    requests with the given HTTP statuses."""
+
+    def __init__(self, reply, fail=()):
+        self.bodies, self.fail = [], list(fail)
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                if outer.fail:
+                    self.send_response(outer.fail.pop(0))
+                    self.end_headers()
+                    self.wfile.write(b"busy")
+                    return
+                data = json.dumps({"choices": [{"message": {"content": reply(body)}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = HTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_port}/v1"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.srv.shutdown()
+
+
+def _items(n):
+    return [{"qid": i, "image": "unused.png", "question": f"q{i}?", "response": f"r{i}",
+             "gt_answer": "gt", "image_content": ["Cat"], "context": None} for i in range(n)]
+
+
+def test_judge_client_retries_caches_and_names_malformed_answers(tmp_path):
+    cfg = lambda url: {"endpoint": url, "model": "judge-x", "concurrency": 3,  # noqa: E731
+                       "backoff_s": 0.01, "retries": 3}
+    with _Server(lambda b: "Fine.\nRating: 5", fail=[429, 500]) as s:
+        j = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "cache")
+        assert j.mmhal_many(_items(4)) == [5.0] * 4
+        assert j.client.stats == {"requests": 4, "cache_hits": 0, "retries": 2}
+        assert len(s.bodies) == 6  # 4 answered + the 429 and the 500
+        assert all(b["model"] == "judge-x" and b["temperature"] == 0.0 for b in s.bodies)
+        # a rerun re-asks nothing: every answer comes from the disk cache
+        j2 = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "cache")
+        assert j2.mmhal_many(_items(4)) == [5.0] * 4
+        assert j2.client.stats["cache_hits"] == 4 and len(s.bodies) == 6
+        assert len(list((tmp_path / "cache").rglob("*.json"))) == 4
+    with _Server(lambda b: "It looks good to me.") as s:
+        j = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "c2")
+        with pytest.raises(DataError, match=r"mmhal: question 0: malformed judge answer"):
+            j.mmhal_many(_items(1))
+    with _Server(lambda b: "x", fail=[503] * 10) as s:
+        j = EndpointJudge({**cfg(s.url), "retries": 2}, cache_dir=tmp_path / "c3")
+        with pytest.raises(JudgeError, match="HTTP 503.*after 3 tries"):
+            j.mmvet_many(_items(1))
+    with _Server(lambda b: "x", fail=[400]) as s:  # not a transient error: no retry
+        j = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "c4")
+        with pytest.raises(JudgeError, match="HTTP 400.*after 1 tries"):
+            j.mmvet_many(_items(1))
+
+
+def test_llavaw_relative_score_and_mmvet_through_the_endpoint(tmp_path):
+    from mmablate.studies.mmalign.evaluate import score
+
+    def reply(body):
+        text = body["messages"][-1]["content"]
+        if text.startswith("[Context]"):
+            return "8 6\nAssistant 1 is more accurate."
+        return "0.7"
+
+    bench = {"llavaw": [{"qid": i, "image": "x.png", "question": f"q{i}", "gt_answer": "ref",
+                         "context": "a caption"} for i in range(2)],
+             "mmvet": [{"qid": f"v1_{i}", "image": "x.png", "question": f"m{i}",
+                        "gt_answer": "a<OR>b"} for i in range(3)]}
+    answers = {("x.png", r["question"]): "resp" for v in bench.values() for r in v}
+    with _Server(reply) as s:
+        j = EndpointJudge({"endpoint": s.url, "model": "m"}, cache_dir=tmp_path)
+        m, _ = score(bench, answers, j)
+    assert m["llavaw"] == pytest.approx(100 * 6 / 8) and m["mmvet"] == pytest.approx(70.0)
+    ll = [b for b in s.bodies if b["messages"][0]["role"] == "system"]
+    assert len(ll) == 2 and ll[0]["temperature"] == 0.2  # LLaVA-Bench's review temperature
+    assert "[Context]\na caption\n\n[Question]\nq" in ll[0]["messages"][1]["content"]
