@@ -109,10 +109,12 @@ def test_a_training_job_gives_the_same_bytes_as_a_fresh_process(server, tmp_path
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     merge(cfg, yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text()))
     world = tmp_path / "world"
-    write_world(dict(cfg["world"], n_train=64, n_classify_per_class=1), world, progress=False)
+    write_world(dict(cfg["world"], n_train=64, n_classify_per_class=1, shard_size=16), world,
+                progress=False)
     sc = cfg["studies"]["rankclip"]
-    stage = {"model": sc["model"], "loss": sc["loss"],
-             "data": {"root": str(world), "train_csv": sc["data"]["train_csv"]},
+    data = {k: v for k, v in sc["data"].items() if k != "source"}
+    stage = {"model": sc["model"], "loss": sc["loss"],  # the tiny default's data path
+             "data": dict(data, root=str(world), cache=True, train_transform="eval"),
              "train": dict(sc["train"], steps=4, ckpt_every=2, batch_size=16)}
     (tmp_path / "stage.json").write_text(json.dumps(stage))
     outs = {}

@@ -170,6 +170,8 @@ def test_two_gpu_training_job_runs_two_ranks(cluster, smoke_config, tmp_path):
     for sid in list(overlay["studies"]):
         if sid != "rankclip":
             overlay["studies"][sid] = {"enabled": False}
+    # the smoke world's 256 images in 4 shards: each of the 2 ranks streams its own
+    overlay.setdefault("world", {})["shard_size"] = 64
     (tmp_path / "w").mkdir()
     d = copy_workflow(tmp_path / "w")
     (d / "overlay.yaml").write_text(yaml.safe_dump(overlay))
