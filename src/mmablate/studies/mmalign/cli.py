@@ -156,23 +156,15 @@ def register(sub):
     s.add_argument("--stop-after", type=int, default=None)
     s.set_defaults(fn=cmd_sft, gpu=True)
 
-    s = sub.add_parser("mmalign-bdhs", help="BDHS negatives of the offline pairs (cached)")
-    s.add_argument("--config", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_bdhs, gpu=True)
-
-    s = sub.add_parser("mmalign-eval", help="all benchmarks of a saved model in one job")
-    s.add_argument("--config", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_eval, gpu=True)
-
-    s = sub.add_parser("mmalign-bench", help="one benchmark of a saved model (its own job)")
-    s.add_argument("--config", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_bench, gpu=True)
+    for name, fn, text in (
+            ("mmalign-bdhs", cmd_bdhs, "BDHS negatives of the offline pairs (cached)"),
+            ("mmalign-eval", cmd_eval, "all benchmarks of a saved model in one job"),
+            ("mmalign-bench", cmd_bench, "one benchmark of a saved model (its own job)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", required=True)
+        s.add_argument("--out", required=True)
+        s.add_argument("--threads", type=int, default=1)
+        s.set_defaults(fn=fn, gpu=True)
 
     s = sub.add_parser("mmalign-merge", help="one evaluation record from a model's benchmark jobs")
     s.add_argument("--config", required=True)
