@@ -178,6 +178,40 @@ def test_no_server_or_another_interpreter_runs_in_process(tmp_path, monkeypatch)
     ls.close()
 
 
+def _fake_server(sock, rc):
+    """A server of this environment that answers every request with exit status `rc`."""
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(str(sock))
+    ls.listen(1)
+
+    def serve():
+        conn, _ = ls.accept()
+        forkserver._send(conn, {"identity": forkserver._identity()})
+        _msg, fds, _f, _a = socket.recv_fds(conn, 1, 3)
+        for fd in fds:
+            os.close(fd)
+        forkserver._recv(conn)
+        forkserver._send(conn, {"pid": os.getpid()})
+        forkserver._send(conn, {"rc": rc})
+        conn.close()
+        ls.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("rc, rerun", [(128 + signal.SIGSEGV, True), (128 + signal.SIGABRT, True),
+                                       (128 + signal.SIGTERM, False), (1, False), (0, False)])
+def test_a_crashed_worker_is_rerun_in_process(tmp_path, monkeypatch, capsys, rc, rerun):
+    t = _fake_server(tmp_path / "s.sock", rc)
+    monkeypatch.setenv(forkserver.ENV, str(tmp_path / "s.sock"))
+    got = forkserver.run_client(["check-config", "x.yaml"])
+    t.join(10)
+    assert got == (None if rerun else rc)
+    assert ("rerunning the command in a fresh process" in capsys.readouterr().err) == rerun
+
+
 class _Plugin:
     def __init__(self, name):
         self.name = name

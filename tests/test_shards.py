@@ -85,6 +85,43 @@ def test_read_all_decodes_and_skips_a_corrupt_member(tmp_path, capsys):
     assert "2 corrupt sample(s) skipped (first: " in err
 
 
+def test_read_all_cache_decodes_once_per_data_and_key(tmp_path, capsys, monkeypatch):
+    write_cc3m(tmp_path / "cc3m", n_shards=2, per_shard=5, corrupt=(3,))
+    shards = S.expand_shards(tmp_path / "cc3m")
+    cache = tmp_path / "world/.decoded"
+    calls = []
+    real = S.decode_pair
+    monkeypatch.setattr(S, "decode_pair", lambda *a: calls.append(1) or real(*a))
+    ref = S.read_all(shards, to_tensor, tok_index, progress=False)
+    n_ref = len(calls)
+    first = S.read_all(shards, to_tensor, tok_index, progress=False, cache_dir=cache, key={"m": 1})
+    assert len(calls) == 2 * n_ref  # decoded (and written)
+    again = S.read_all(shards, to_tensor, tok_index, progress=False, cache_dir=cache, key={"m": 1})
+    assert len(calls) == 2 * n_ref  # loaded: nothing decoded
+    assert "decoded set loaded from" in capsys.readouterr().err
+    for got in (first, again):
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        assert got[0].dtype == ref[0].dtype and got[1].dtype == ref[1].dtype and got[2] == 1
+    # another model key, or rewritten shards (new mtime), decode again
+    S.read_all(shards, to_tensor, tok_index, progress=False, cache_dir=cache, key={"m": 2})
+    assert len(calls) == 3 * n_ref
+    import os
+    st = os.stat(shards[0])
+    os.utime(shards[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    S.read_all(shards, to_tensor, tok_index, progress=False, cache_dir=cache, key={"m": 1})
+    assert len(calls) == 4 * n_ref
+    # a damaged entry is decoded again, not trusted
+    for f in cache.glob("*.images.npy"):
+        f.write_bytes(b"garbage")
+    got = S.read_all(shards, to_tensor, tok_index, progress=False, cache_dir=cache, key={"m": 1})
+    assert len(calls) == 5 * n_ref and torch.equal(got[0], ref[0])
+    # a cache folder that cannot be made: decoded in memory, with a note
+    (tmp_path / "file").write_text("")
+    got = S.read_all(shards, to_tensor, tok_index, progress=False,
+                     cache_dir=tmp_path / "file/.decoded", key={"m": 1})
+    assert torch.equal(got[0], ref[0]) and "not writable" in capsys.readouterr().err
+
+
 def test_a_truncated_shard_is_skipped_and_counted(tmp_path, capsys):
     write_cc3m(tmp_path / "cc3m", n_shards=2, per_shard=5)
     bad = tmp_path / "cc3m/00001.tar"

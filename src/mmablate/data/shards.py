@@ -25,7 +25,11 @@ shard/key printed):
   continues the data order exactly (as long as no corrupt sample precedes the resume point: a
   skipped corrupt sample shifts the count by one).
 * `read_all` — the whole set decoded once into tensors (``data.cache: true``, the tiny world's
-  8,000 32-px pairs), served map-style by the harness's seeded epoch order.
+  8,000 32-px pairs), served map-style by the harness's seeded epoch order. With a
+  ``cache_dir`` the decoded tensors are also kept on disk (``.npy``, keyed by the shards' paths,
+  sizes and mtimes, the transform and the caller's model key) and the next job with the same key
+  loads them instead of decoding again (the tiny default's 28 RankCLIP trainings decode the same
+  8,000 pairs; a file lock makes concurrent jobs decode once).
 
 Random augmentation (open_clip's training transform) draws from torch's RNG: inside DataLoader
 workers each worker's generator is seeded by the harness's DataLoader generator (deterministic
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -209,9 +214,73 @@ def _raw_samples(shards, counter: SkipCounter):
     yield from wds.tarfile_samples(src, handler=handler)
 
 
-def read_all(shards, transform, tokenize, progress: bool = True):
+def read_all(shards, transform, tokenize, progress: bool = True, cache_dir=None, key=None):
     """The whole shard set decoded once: (images [N,3,H,W], tokens [N,L], skipped count).
-    For small sets (the tiny world); the paper scale streams (`ShardStream`)."""
+    For small sets (the tiny world); the paper scale streams (`ShardStream`).
+
+    ``cache_dir``: keep the decoded tensors there and reuse them (see the module docstring);
+    ``key``: what else determines the result (the model config behind `transform` and
+    `tokenize`), JSON-serialisable. A cache that cannot be written (a read-only data folder) is
+    skipped with a note; a cache file that does not load is decoded again."""
+    if cache_dir is None:
+        return _decode_all(shards, transform, tokenize, progress)
+    import fcntl
+    import hashlib
+
+    ident = {"version": 1, "transform": repr(transform), "key": key,
+             "shards": [[os.path.abspath(s), os.stat(s).st_size, os.stat(s).st_mtime_ns]
+                        for s in shards]}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+    base = Path(cache_dir) / digest[:20]
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(base.with_suffix(".lock"), "w")
+    except OSError as e:
+        print(f"decoded-set cache {cache_dir} not writable ({e}); decoding in memory",
+              file=sys.stderr)
+        return _decode_all(shards, transform, tokenize, progress)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent job decoding the same set: wait for it
+        hit = _load_decoded(base, ident)
+        if hit is not None:
+            print(f"decoded set loaded from {base}.*.npy ({len(hit[0])} samples)",
+                  file=sys.stderr)
+            return hit
+        images, tokens, skipped = _decode_all(shards, transform, tokenize, progress)
+        try:
+            import numpy as np
+
+            for name, t in (("images", images), ("tokens", tokens)):
+                tmp = Path(f"{base}.{name}.tmp.npy")
+                np.save(tmp, t.numpy())
+                os.replace(tmp, f"{base}.{name}.npy")
+            tmp = Path(f"{base}.json.tmp")  # written last: its presence marks a complete entry
+            tmp.write_text(json.dumps(dict(ident, skipped=skipped, n=len(images))))
+            os.replace(tmp, f"{base}.json")
+        except OSError as e:
+            print(f"decoded-set cache {base}: not written ({e})", file=sys.stderr)
+        return images, tokens, skipped
+
+
+def _load_decoded(base: Path, ident: dict):
+    """(images, tokens, skipped) of a complete cache entry with this identity, else None."""
+    import numpy as np
+    import torch
+
+    try:
+        meta = json.loads(Path(f"{base}.json").read_text())
+        if {k: meta.get(k) for k in ident} != json.loads(json.dumps(ident, default=str)):
+            return None
+        images = torch.from_numpy(np.load(f"{base}.images.npy"))
+        tokens = torch.from_numpy(np.load(f"{base}.tokens.npy"))
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(images) != meta["n"] or len(tokens) != meta["n"]:
+        return None
+    return images, tokens, int(meta["skipped"])
+
+
+def _decode_all(shards, transform, tokenize, progress: bool):
     import torch
     from tqdm import tqdm
 

@@ -18,7 +18,8 @@ Data (``data`` block): webdataset shards in img2dataset's layout (``data.train_s
 or brace pattern under ``data.root``; `mmablate.data.shards`) — streamed (`ShardStream`, the
 paper scale: decoded in the harness's DataLoader workers, split by rank and worker, shuffle
 buffer ``data.shuffle_buffer``) or, with ``data.cache: true``, decoded once into memory and read
-in the harness's seeded epoch order (the tiny world's 8,000 32-px pairs); or an open_clip-style
+in the harness's seeded epoch order (the tiny world's 8,000 32-px pairs; kept decoded under
+``<data.root>/.decoded`` for the next job with the same model); or an open_clip-style
 CSV (``data.train_csv``, small sets). ``data.train_transform``: ``open_clip_train`` (open_clip's
 training transform, ``create_model_and_transforms``' first: RandomResizedCrop at scale 0.9–1) or
 ``eval`` (resize + centre crop). The authors' code trains with the evaluation-style transform
@@ -109,7 +110,10 @@ def training_data(cfg: dict, root, seed: int, train_pp, eval_pp, tok, progress: 
                 raise ConfigError("data.cache: a cached set is transformed once; the random crop "
                                   "of train_transform open_clip_train would be frozen (use eval, "
                                   "or stream with cache: false)")
-            images, texts, skipped = S.read_all(shards, transform, tok, progress=progress)
+            # decoded once per data set and model, not once per job (`read_all`'s cache)
+            images, texts, skipped = S.read_all(
+                shards, transform, tok, progress=progress, cache_dir=Path(root) / ".decoded",
+                key={"model": cfg["model"], "train_transform": kind})
             if limit:
                 images, texts = images[:limit], texts[:limit]
             return Tensors(images, texts), len(images), {"skipped_corrupt": skipped}
