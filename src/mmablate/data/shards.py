@@ -225,13 +225,16 @@ def read_all(shards, transform, tokenize, progress: bool = True, cache_dir=None,
     if cache_dir is None:
         return _decode_all(shards, transform, tokenize, progress)
     import fcntl
-    import hashlib
 
-    ident = {"version": 1, "transform": repr(transform), "key": key,
-             "shards": [[os.path.abspath(s), os.stat(s).st_size, os.stat(s).st_mtime_ns]
-                        for s in shards]}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-    base = Path(cache_dir) / digest[:20]
+    from ..util import canonical, config_hash
+
+    stats = [os.stat(s) for s in shards]
+    # as the entry's JSON will read back (lists, not tuples), to compare it with that
+    ident = json.loads(canonical({
+        "version": 1, "transform": repr(transform), "key": key,
+        "shards": [[os.path.abspath(s), st.st_size, st.st_mtime_ns]
+                   for s, st in zip(shards, stats)]}))
+    base = Path(cache_dir) / config_hash(ident, 20)
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
         lock = open(base.with_suffix(".lock"), "w")
@@ -250,13 +253,14 @@ def read_all(shards, transform, tokenize, progress: bool = True, cache_dir=None,
         try:
             import numpy as np
 
+            from ..util import write_json
+
             for name, t in (("images", images), ("tokens", tokens)):
                 tmp = Path(f"{base}.{name}.tmp.npy")
                 np.save(tmp, t.numpy())
                 os.replace(tmp, f"{base}.{name}.npy")
-            tmp = Path(f"{base}.json.tmp")  # written last: its presence marks a complete entry
-            tmp.write_text(json.dumps(dict(ident, skipped=skipped, n=len(images))))
-            os.replace(tmp, f"{base}.json")
+            # written last: its presence marks a complete entry
+            write_json(f"{base}.json", dict(ident, skipped=skipped, n=len(images)))
         except OSError as e:
             print(f"decoded-set cache {base}: not written ({e})", file=sys.stderr)
         return images, tokens, skipped
@@ -269,7 +273,7 @@ def _load_decoded(base: Path, ident: dict):
 
     try:
         meta = json.loads(Path(f"{base}.json").read_text())
-        if {k: meta.get(k) for k in ident} != json.loads(json.dumps(ident, default=str)):
+        if {k: meta.get(k) for k in ident} != ident:
             return None
         images = torch.from_numpy(np.load(f"{base}.images.npy"))
         tokens = torch.from_numpy(np.load(f"{base}.tokens.npy"))
