@@ -63,9 +63,19 @@ def cmd_check_config(a):
     from .config import load
     from .pipeline import Pipeline
 
-    P = Pipeline(load(a.configfiles), a.configfiles, write=False)
+    from .preflight import enabled as preflight_enabled
+    from .preflight import run as preflight
+
+    cfg = load(a.configfiles)
+    P = Pipeline(cfg, a.configfiles, write=False)
     for note in P.notes:
         print(f"note: {note}")
+    checked = preflight(cfg, a.configfiles)  # each enabled study's input files (cheap checks)
+    if checked:
+        print("preflight: inputs of " + ", ".join(f"{s} ({t:.2f} s)" for s, t in checked.items())
+              + " checked")
+    elif not preflight_enabled(cfg):
+        print("preflight: skipped (preflight: false)")
     for ab in P.ablations:
         print(f"{ab.name}: key {ab.key}")
         for r in ab.rows:
