@@ -149,3 +149,20 @@ def check_files(overlay_path="config/scales/rehearsal.yaml",
     base_cfg = load(list(base))
     check(overlay, base_cfg, str(overlay_path))
     return overrides(overlay, base_cfg)
+
+
+def paths_only(overlay: dict, base: dict) -> dict:
+    """The part of `overlay` that only moves paths (its "path" overrides): laid on the paper
+    configuration it plans the paper's own DAG on the rehearsal's data, budgets and sizes as
+    paper.yaml has them, so its jobs per rule are the paper DAG's (the rehearsal must match)."""
+    out: dict = {}
+    for key, cat in overrides(overlay, base):
+        if cat != "path":
+            continue
+        value = _get(overlay, key)
+        cur = out
+        parts = key.split(".")
+        for k in parts[:-1]:
+            cur = cur.setdefault(k, {})
+        cur[parts[-1]] = value
+    return out
