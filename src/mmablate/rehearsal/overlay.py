@@ -40,7 +40,8 @@ ALLOWED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "studies.pairrank.data.pairs", "studies.mmalign.data.pairs.file", "**.prompts",
         "**.checkpoint", "**.head_weights", "**.med_config", "**.image_reward.tokenizer",
         "**.processor",
-        "**.pretrained", "**.clip_pretrained", "**.model", "studies.mmalign.model.base",
+        "**.pretrained", "**.clip_pretrained", "**.clip_config", "**.model",
+        "studies.mmalign.model.base",
         "**.embedder", "**.endpoint", "**.cache_dir",
     )),
     ("model size", (
