@@ -82,8 +82,9 @@ def test_rehearsal_assets_command(tmp_path, capsys):
 
 def test_rehearse_arguments():
     a = __import__("mmablate.cli", fromlist=["parser"]).parser().parse_args(
-        ["rehearse", "--cores", "4", "--fresh", "--", "--keep-going", "--config", "x=1"])
-    assert a.cores == 4 and a.fresh and a.assets == R.DEFAULT_ASSETS
+        ["rehearse", "--cores", "4", "--fresh", "--overlay", "o.yaml", "--", "--keep-going",
+         "--config", "x=1"])
+    assert a.cores == 4 and a.fresh and a.assets == R.DEFAULT_ASSETS and a.overlay == ["o.yaml"]
     assert a.snakemake_args == ["--", "--keep-going", "--config", "x=1"]
 
 

@@ -281,6 +281,7 @@ def main(a) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     rec = rehearse(cores=a.cores, assets=a.assets, extra=extra, fresh=a.fresh,
+                   configfiles=(PAPER, OVERLAY, *(a.overlay or [])),
                    write_assets_first=not a.no_assets)
     print_report(rec)
     return 0 if rec["snakemake_rc"] == 0 and not rec["uncovered"] else 1
@@ -294,6 +295,9 @@ def add_arguments(s) -> None:
                    help=f"where the assets are written and read (default {DEFAULT_ASSETS})")
     s.add_argument("--fresh", action="store_true",
                    help="remove the rehearsal's results folder first: every job runs")
+    s.add_argument("--overlay", action="append", metavar="YAML",
+                   help="a config overlay after rehearsal.yaml (repeatable), e.g. disabling "
+                        "studies for a partial rehearsal; the coverage is then of that DAG")
     s.add_argument("--no-assets", action="store_true",
                    help="do not (re)write the assets first (they must be there)")
     s.add_argument("snakemake_args", nargs=argparse.REMAINDER,
