@@ -232,7 +232,17 @@ def rehearse(cores: int = 2, assets: str = DEFAULT_ASSETS, extra=(), fresh: bool
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     snake = [sys.executable, "-m", "snakemake", "all"]
     cf = ["--configfile", *files]
-    with (judge_server() if judge else contextlib.nullcontext(None)) as server:
+    # the judge stand-in serves mmalign's judged benchmarks and online pairs only
+    judge = judge and bool(cfg.get("studies", {}).get("mmalign", {}).get("enabled"))
+    try:
+        ctx = judge_server() if judge else contextlib.nullcontext(None)
+        server = ctx.__enter__()
+    except OSError as e:
+        raise ConfigError(f"rehearse: the judge stand-in cannot listen on 127.0.0.1:{JUDGE_PORT} "
+                          f"({e}): another rehearsal or judge holds the port "
+                          f"(studies.mmalign.judge.endpoint of {OVERLAY} names it)") from None
+    with contextlib.ExitStack() as stack:
+        stack.push(ctx)
         if server is not None:
             print(f"rehearse: judge stand-in on {server.url}", flush=True)
         rc, plan_text = run_logged([*snake, "-n", "--forceall", "--quiet", "rules", *cf,
