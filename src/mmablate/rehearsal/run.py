@@ -143,6 +143,7 @@ def run_logged(cmd: list[str], log_path: Path, env=None, cwd=None, echo=True) ->
             for line in p.stdout:
                 chunks.append(line)
                 log.write(line)
+                log.flush()
                 if echo:
                     sys.stdout.write(line)
                     sys.stdout.flush()
