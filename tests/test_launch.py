@@ -198,3 +198,33 @@ def test_two_processes_stream_the_shards(stage):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((root / "stream/train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["num_samples"] == 256
+
+
+@pytest.mark.slow  # a 2-rank training job through a fork server
+def test_ranks_fork_from_the_fork_server(stage, two_processes, tmp_path):
+    """`launch` run by a fork-server worker (a local snakemake run) forks its ranks from the same
+    server (no import per rank): the weights are the fresh ranks' bit for bit."""
+    import signal
+    import time
+
+    _, root = stage
+    sock = tmp_path / "fs" / "sock"
+    sock.parent.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env.pop("MMABLATE_FORKSERVER", None)
+    server = subprocess.Popen([sys.executable, "-m", "mmablate.forkserver", str(sock),
+                               "--preload", "numpy,torch,open_clip"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.time()
+        while not sock.exists() and time.time() - t0 < 300:
+            time.sleep(0.2)
+        r = _launch(root, tmp_path / "served", env={"MMABLATE_FORKSERVER": str(sock)})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "launch: the ranks fork from the run's fork server" in r.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        log, _ = server.communicate(timeout=60)
+    ranks = [ln for ln in log.splitlines() if ln.startswith("worker ") and ": rankclip-train" in ln]
+    assert len(ranks) == 2, log[-2000:]
+    assert (tmp_path / "served/model.pt").read_bytes() == (two_processes / "model.pt").read_bytes()

@@ -10,7 +10,9 @@
   ``<log dir>/<run id>_*/attempt_0/<local rank>/{stdout,stderr}.log`` and, prefixed with the rank,
   to this process's output. The ranks do not claim GPUs again (``TORCHELASTIC_RUN_ID`` is set);
   the training harness takes ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` through ``accelerate``
-  (CUDA: NCCL, one device per local rank; no GPU: gloo on the CPU).
+  (CUDA: NCCL, one device per local rank; no GPU: gloo on the CPU). In a local snakemake run
+  (``launch`` itself a fork-server worker) each rank's process hands its command to the run's
+  fork server (mmablate.forkserver): no rank imports torch & co. again.
 * When a rank fails, the whole job stops (torchrun terminates the others) and ``launch`` exits 1,
   naming the rank that failed first, its exit code or signal and its log file.
 
@@ -90,6 +92,12 @@ def run_distributed(argv: list[str], nproc: int, log_dir=None) -> int:
         "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3",
         "--module", "mmablate", *argv])
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun's default for N > 1
+    from .forkserver import ENV, LAUNCH_ENV
+
+    served = os.environ.pop(LAUNCH_ENV, None)
+    if served:  # this launch is a fork-server worker: its ranks are forked from the server too
+        os.environ[ENV] = served
+        print("launch: the ranks fork from the run's fork server", file=sys.stderr)
     try:
         torchrun.run(args)
     except ChildFailedError as e:
