@@ -69,7 +69,7 @@ rule mmalign_dpo:
         cfg=stage_input("mmalign_dpo"),
         src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/trainer.py", f"{MMA_SRC}/evaluate.py",
                     f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py",
-                    f"{MMA_SRC}/protocols.py",
+                    f"{MMA_SRC}/protocols.py", "report/flags.py",
                     "world/vqa.py", "data/imagetext.py", "training", "world/scenes.py"),
     output:
         f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def cmd_merge(a):
         metrics.update(r["metrics"])
         chance.update(r.get("chance", {}))
         detail[r["benchmark"]] = r["detail"]
+    if extra.get("train") is not None:  # no base record here: the absolute collapse tests
+        from ...report.flags import collapse_reasons
+
+        extra["train"]["collapse"] = collapse_reasons(
+            metrics, None, extra["train"].get("chosen_reward_last"))
     missing = [b for b in cfg["benchmarks"] if b not in detail]
     if missing:
         raise DataError(f"{a.out}: no record of benchmark(s) {missing} among {a.records}")
@@ -117,6 +123,7 @@ def cmd_dpo(a):
     """Trains one variant (DPO with BDHS γ and Mixed-DPO p); with ``eval.jobs: per_model`` it
     then runs the benchmarks, with ``per_benchmark`` it saves the model for the benchmark jobs
     (``model/``: the LoRA adapter, or the whole model) and writes the training record."""
+    from ...report.flags import collapse_reasons
     from ...util import read_json, write_json
     from .dpo import train_dpo
     from .evaluate import evaluate, load_benchmarks
@@ -137,8 +144,20 @@ def cmd_dpo(a):
         print(json.dumps({"train": summary}))
         return
     m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
+    base = read_json(cfg["reference_eval"])["metrics"] if cfg.get("reference_eval") else None
+    summary["collapse"] = collapse_reasons(m, base, summary.get("chosen_reward_last"))
+    if summary["collapse"]:
+        print(f"mmalign-dpo seed {a.seed}: COLLAPSE: {'; '.join(summary['collapse'])}",
+              file=sys.stderr)
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     write_json(a.out, _eval_record(cfg, a.seed, m, chance, detail, {"train": summary}))
     print(json.dumps({"train": summary, "metrics": m}))
+
+
+def _tune(a):
+    from .tune import cmd_tune
+
+    cmd_tune(a)
 
 
 def register(sub):
@@ -171,6 +190,18 @@ def register(sub):
     s.add_argument("--out", required=True)
     s.add_argument("records", nargs="+", help="the benchmark jobs' records (and the DPO job's)")
     s.set_defaults(fn=cmd_merge)
+
+    s = sub.add_parser("mmalign-tune", help="tiny DPO hyper-parameters chosen on the world's "
+                       "validation split (studies/mmalign/tune.py)")
+    s.add_argument("--dpo-config", required=True, help="a finished DPO job's resolved config")
+    s.add_argument("--grid", nargs="+", required=True,
+                   help="settings, each 'key=value[,key=value]' (dotted keys of the DPO config)")
+    s.add_argument("--variants", nargs="+", default=["0.5,0.5"], help="'γ,p' pairs to train")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--work", required=True, help="validation world, runs (resumable)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=_tune)
 
     s = sub.add_parser("mmalign-dpo", help="DPO with BDHS (γ) and Mixed-DPO (p), then the benchmarks")
     s.add_argument("--config", required=True)

@@ -35,9 +35,10 @@ from .protocols import (SHORT_ANSWER, gqa_correct, gqa_prediction, pope_parse, p
 
 BENCHMARKS = ("pope", "mmhal", "llavaw", "mmvet", "vqat", "gqa", "recall_coco")
 # the metrics each benchmark job writes
+# (the mmhal job also writes mmhal_<type> / mmhalv_<type> for each question type it holds)
 BENCH_METRICS = {"pope": ("pope", "pope_acc", "pope_yes_ratio"), "mmhal": ("mmhal", "mmhalv"),
                  "llavaw": ("llavaw",), "mmvet": ("mmvet",), "vqat": ("vqat",), "gqa": ("gqa",),
-                 "recall_coco": ("recall_coco",)}
+                 "recall_coco": ("recall_coco", "desc_words", "desc_empty")}
 SHORT = ("pope", "vqat", "gqa")  # short answers (max_new_tokens_short)
 
 
@@ -83,9 +84,19 @@ def load_benchmarks(ecfg: dict, names=BENCHMARKS) -> dict:
                     for r in load_pope(b["pope"]["files"][sp], b["pope"]["images"])}
             recs = [r for r in recs if Path(r["image"]).name in keep]
         out["recall_coco"] = recs[:lim]
+        vocab = coco_categories(rc["file"])
         for r in out["recall_coco"]:
             r["question"] = ecfg["describe_prompt"]
+            r["vocabulary"] = vocab
     return out
+
+
+def coco_categories(path) -> list[str]:
+    """Every category name of a COCO instances file (what a description may name)."""
+    import json
+
+    with open(path) as f:
+        return sorted({c["name"] for c in json.load(f)["categories"]})
 
 
 def answer_all(model, proc, bench: dict, ecfg: dict) -> dict:
@@ -112,8 +123,30 @@ def answer_all(model, proc, bench: dict, ecfg: dict) -> dict:
 
 
 def object_recall(text: str, objects) -> float:
+    return sum(names(text, o) for o in objects) / len(objects)
+
+
+def names(text: str, obj: str) -> bool:
+    """`text` names object `obj` (its name or plural, whole words)."""
     t = " " + re.sub(r"\s+", " ", text.lower()) + " "
-    return sum(f" {o.lower()} " in t or f" {o.lower()}s " in t for o in objects) / len(objects)
+    return f" {obj.lower()} " in t or f" {obj.lower()}s " in t
+
+
+def words(text: str) -> int:
+    """Words of an answer, punctuation tokens not counted (the world's tokenizer spaces them)."""
+    return sum(bool(re.search(r"\w", w)) for w in text.split())
+
+
+def informativeness(descriptions: list[str], vocabulary) -> dict:
+    """How much the descriptions say, beside how much they hallucinate (issue 21: a model whose
+    descriptions collapse to "there is a" scores "no hallucination"):
+    ``desc_words`` = mean words per description; ``desc_empty`` = % of descriptions naming no
+    object of `vocabulary` (the instances file's category names: COCO's 80, the world's
+    colour-shape objects), right or wrong."""
+    n = max(1, len(descriptions))
+    return {"desc_words": sum(words(d) for d in descriptions) / n,
+            "desc_empty": 100 * sum(not any(names(d, o) for o in vocabulary)
+                                    for d in descriptions) / n}
 
 
 def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
@@ -137,6 +170,14 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
         hal = judge.mmhal_many(items("mmhal", image_content=1))
         m["mmhal"] = sum(hal) / len(hal)
         m["mmhalv"] = 100 * sum(h < 3 for h in hal) / len(hal)
+        # the per-question-type split (MMHal-Bench's eight types; the world's holistic
+        # descriptions and attribute questions): which kind of answer a change comes from
+        by_type = {}
+        for r, h in zip(bench["mmhal"], hal):
+            by_type.setdefault(r.get("type") or "other", []).append(h)
+        for t, hs in sorted(by_type.items()):
+            m[f"mmhal_{t}"] = sum(hs) / len(hs)
+            m[f"mmhalv_{t}"] = 100 * sum(h < 3 for h in hs) / len(hs)
     if "llavaw" in bench:
         sc = judge.llavaw_many(items("llavaw", context=1))
         m["llavaw"] = 100 * sum(s[1] for s in sc) / sum(s[0] for s in sc)
@@ -153,6 +194,11 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
     if "recall_coco" in bench:
         rec = [object_recall(A(r), r["objects"]) for r in bench["recall_coco"]]
         m["recall_coco"] = 100 * sum(rec) / len(rec)
+        vocab = bench["recall_coco"][0].get("vocabulary") if bench["recall_coco"] else None
+        m.update(informativeness([A(r) for r in bench["recall_coco"]],
+                                 vocab or sorted({o for r in bench["recall_coco"]
+                                                  for o in r["objects"]})))
+        detail["descriptions"] = [A(r) for r in bench["recall_coco"][:10]]
     return m, detail
 
 

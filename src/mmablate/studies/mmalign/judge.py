@@ -16,8 +16,8 @@ import re
 
 from ...errors import ConfigError, DataError
 from ...world.scenes import COLOURS, GLYPHS, NUMBER_WORDS, POSITIONS, SHAPES
+from ...world.vqa import _MENTION, mentions, mmhal_score, split_sentences
 from ...world.vqa import judge as oracle_judge
-from ...world.vqa import mmhal_score
 
 _KEYS = {"colour": set(COLOURS), "shape": set(SHAPES), "position": set(POSITIONS),
          "number": set(NUMBER_WORDS), "letter": {g.lower() for g in GLYPHS}}
@@ -43,6 +43,71 @@ def short_answer_score(answer: str, gt: str, question: str = "") -> float:
     return sum(a[k] == g[k] for k in kinds) / len(kinds)
 
 
+# An answer that is cut off or states nothing ranks below every informative answer; two such
+# answers tie (the trainer then drops the pair: no preference between two empty answers).
+UNINFORMATIVE = -1.0e6
+
+
+def complete(text: str) -> bool:
+    """The answer is not cut off: it is non-empty and its last sentence is closed ('.', '?', '!')
+    — a response stopped by the token limit mid-sentence is not."""
+    t = text.strip()
+    return bool(t) and t[-1] in ".?!"
+
+
+def names_object(sentence: str) -> bool:
+    """The sentence names a world object (colour + shape, negated or not) or the written letter."""
+    s = sentence.lower()
+    return bool(_MENTION.search(s)) or bool(keywords(s)["letter"] and "letter" in s)
+
+
+def states_something(sentence: str) -> bool:
+    """A sentence makes a claim: it names an object or the letter, or it is a yes/no answer
+    that goes on to name one ("yes , there is a ." states nothing)."""
+    return names_object(sentence)
+
+
+def world_rank_score(response: str, scene, question: str, gt_answer: str) -> float:
+    """The world's online-pair judge, ranking as the paper's judge prompt asks (the more
+    helpful, detailed and correct answer wins; LLaVA-1.6-34B ranks the paper's pairs):
+
+    1. an answer that is cut off (`complete`), empty, or — to a description request — names no
+       object, scores `UNINFORMATIVE`: below every informative answer, and two such answers tie;
+       to a short question, an answer stating no fact of the kind the reference answer holds
+       (and no yes/no) is likewise uninformative;
+    2. a description then scores −(2·hallucinated + missed objects + sentences stating
+       nothing), plus 0.1 for each size or position it states correctly (detail; ≤ 0.4 in a
+       two-object scene, so it never outweighs a hallucinated or a missed object);
+    3. a short answer scores its key-fact credit (`short_answer_score`, 0–1) − 2·hallucinated.
+
+    The earlier score −(2·hallucinated + missed) ranked an answer naming nothing (−n) above any
+    answer with one hallucination, and DPO against it collapsed the descriptions to "there is
+    a" (issue 21)."""
+    if not complete(response):
+        return UNINFORMATIVE
+    j = oracle_judge(response, scene)
+    if "describe" in question:
+        sents = split_sentences(response)
+        if not any(names_object(s) for s in sents):
+            return UNINFORMATIVE
+        empty = sum(not states_something(s) for s in sents)
+        gt = {(o.colour, o.shape): o for o in scene.objects}
+        detail = 0
+        for m in mentions(response):
+            o = gt.get((m["colour"], m["shape"]))
+            if o is not None:
+                detail += (m["size"] == o.size) + (m["position"] == o.position)
+        return -(2.0 * j.hallucinated + j.missed + empty) + 0.1 * detail
+    if any(keywords(gt_answer).values()):
+        q = keywords(question)
+        stated = any(v - q[k] for k, v in keywords(response).items())
+        yes_no = response.strip().lower().split(" ")[0].strip(",") in ("yes", "no")
+        if not stated and not yes_no:
+            return UNINFORMATIVE
+        return short_answer_score(response, gt_answer, question) - 2.0 * j.hallucinated
+    return j.score
+
+
 class OracleJudge:
     """The world's judge: reads the ground-truth scene of each image (``scenes.jsonl``)."""
 
@@ -58,11 +123,8 @@ class OracleJudge:
         return self.scenes[key]
 
     def rank_score(self, image, question, response, gt_answer) -> float:
-        """Higher = better; used to order an online pair's two responses."""
-        j = oracle_judge(response, self.scene(image))
-        if any(keywords(gt_answer).values()) and "describe" not in question:
-            return short_answer_score(response, gt_answer, question) - 2.0 * j.hallucinated
-        return j.score
+        """Higher = better; orders an online pair's two responses (`world_rank_score`)."""
+        return world_rank_score(response, self.scene(image), question, gt_answer)
 
     def mmhal(self, image, question, response, gt_answer) -> float:
         j = oracle_judge(response, self.scene(image))
