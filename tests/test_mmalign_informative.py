@@ -207,3 +207,87 @@ def test_tuning_rule_rejects_settings_that_collapse():
     assert c["chosen"] == {"train.lr": 1.5e-4}
     res["runs"] = [res["runs"][0], res["runs"][2]]
     assert choose(res)["chosen"] is None and "no setting" in choose(res)["verdict"]
+
+
+@pytest.mark.slow  # a small world run: SFT (~100 steps), base evaluation, two DPO jobs (~1–2 min)
+def test_a_small_world_run_whose_dpo_descriptions_collapse_is_flagged(tmp_path):
+    """The test that would have caught issue 21: a DPO model taught to answer "there is a ." is
+    flagged in its job summary and in the table caption; the same run at lr 0 is not."""
+    import argparse
+
+    import pandas as pd
+
+    from mmablate.report.collect import collect
+    from mmablate.report.tables import make_tables
+    from mmablate.studies.mmalign.cli import cmd_dpo, cmd_eval
+    from mmablate.studies.mmalign.sft import train_sft
+    from mmablate.studies.mmalign.tune import validation_eval
+    from mmablate.studies.mmalign.worlddata import write_mmalign_world
+
+    C, S = ["red", "green", "blue"], ["circle", "square"]
+    w = tmp_path / "w"
+    write_mmalign_world(dict(seed=1, colours=C, shapes=S, max_objects=1, glyph_prob=0.0,
+                             cooccur=0.6, image_size=32, n_sft=24, n_pref=16, n_eval=12,
+                             pref_yesno_frac=0.0), w)
+    # every preference pair prefers the empty answer: DPO learns to say nothing
+    pf = w / "povid/povid_pairs.json"
+    pairs = json.loads(pf.read_text())
+    for p in pairs:
+        p["chosen"], p["rejected"] = "there is a .", p["chosen"]
+    pf.write_text(json.dumps(pairs))
+    tiny = {"vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+            "text": {"width": 32, "mlp": 64, "layers": 1, "heads": 2, "max_len": 128}}
+    train_sft({"seed": 0, "colours": C, "shapes": S, "model": tiny,
+               "data": {"file": str(w / "sft/llava_instruct.json"), "images": str(w / "images")},
+               "train": {"steps": 100, "batch_size": 16, "lr": 0.005, "warmup": 5,
+                         "weight_decay": 0.0, "log_every": 50, "ckpt_every": 1000,
+                         "cache_items": True}}, tmp_path / "sft", 1)
+    base = str(tmp_path / "sft/model")
+    ecfg = validation_eval({"describe_prompt": D, "max_new_tokens": 16,
+                            "max_new_tokens_short": 4, "batch_size": 64,
+                            "judge": {"kind": "oracle"}}, w)
+    ecfg["benchmarks"].pop("vqat")  # no glyphs in this world
+    ecfg["benchmarks"]["vqat"] = {"file": str(tmp_path / "tvqa.json"), "images": str(w / "images")}
+    (tmp_path / "tvqa.json").write_text(json.dumps({"data": []}))
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"model": base, "eval": ecfg}))
+    base_rec = tmp_path / "base/metrics.json"
+    cmd_eval(argparse.Namespace(config=str(ev), out=str(base_rec), threads=1))
+    b = json.loads(base_rec.read_text())["metrics"]
+    assert b["desc_empty"] <= 10 and b["desc_words"] > 6, b  # the base describes
+
+    recs = {}
+    for name, lr in (("collapsed", 0.02), ("untouched", 0.0)):
+        cfg = {"model": {"base": base, "lora": None}, "sft": None, "bdhs_file": None,
+               "pairs": {"file": str(pf), "images": str(w / "images"), "limit": None},
+               "bdhs": {"gamma": 1.0}, "mixed_dpo": {"p": 1.0, "max_new_tokens": 8},
+               "dpo": {"beta": 0.1}, "judge": {"kind": "oracle"}, "scenes": str(w / "scenes.jsonl"),
+               "train": {"steps": 12, "batch_size": 8, "lr": lr, "warmup": 0, "log_every": 4,
+                         "ckpt_every": 100},
+               "eval": ecfg, "reference_eval": str(base_rec)}
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps(cfg))
+        out = tmp_path / name / "s0/metrics.json"
+        cmd_dpo(argparse.Namespace(config=str(f), seed=0, out=str(out), threads=1,
+                                   save_model=False))
+        recs[name] = out
+    col = json.loads(recs["collapsed"].read_text())
+    assert col["metrics"]["desc_empty"] >= 50, col["detail"]["descriptions"]  # it collapsed
+    assert col["train"]["collapse"], col["train"]
+    assert json.loads(recs["untouched"].read_text())["train"]["collapse"] == []
+
+    ab = {"study": "mmalign", "ablation": "lr", "part": "lr", "key": "train.lr", "title": "T",
+          "scale": "smoke", "seeds": [0], "dataset": "world",
+          "metrics": [{"id": m, "label": m, "unit": "", "higher_is_better": True}
+                      for m in ("mmhalv", "recall_coco", "desc_words", "desc_empty")],
+          "rows": [{"label": n, "value": n, "is_baseline": n == "untouched", "config_hash": n,
+                    "kind": "variant", "evals": {"0": str(p)}} for n, p in recs.items()] +
+                  [{"label": "base (SFT)", "value": None, "is_baseline": False,
+                    "config_hash": "b", "kind": "reference", "evals": {"0": str(base_rec)}}]}
+    af = tmp_path / "ab.json"
+    af.write_text(json.dumps(ab))
+    collect(af, tmp_path / "m.csv")
+    make_tables(af, tmp_path / "m.csv", tmp_path / "t.md", tmp_path / "t.tex", tmp_path / "t.csv")
+    cap = (tmp_path / "t.md").read_text().split("\n")[0]
+    assert "COLLAPSE: collapsed:" in cap and "untouched:" not in cap.split("COLLAPSE")[1]
+    assert pd.read_csv(tmp_path / "t.csv")["desc_words_mean"].notna().all()
