@@ -66,7 +66,7 @@ def _outputs(rec: dict):
             return [strip(v) for v in x]
         return x
 
-    return json.dumps(strip({"metrics": rec.get("metrics"), "detail": rec.get("detail")}),
+    return json.dumps(strip({k: rec.get(k) for k in ("metrics", "detail", "extra")}),
                       sort_keys=True)
 
 
