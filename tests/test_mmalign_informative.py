@@ -291,3 +291,21 @@ def test_a_small_world_run_whose_dpo_descriptions_collapse_is_flagged(tmp_path):
     cap = (tmp_path / "t.md").read_text().split("\n")[0]
     assert "COLLAPSE: collapsed:" in cap and "untouched:" not in cap.split("COLLAPSE")[1]
     assert pd.read_csv(tmp_path / "t.csv")["desc_words_mean"].notna().all()
+
+
+def test_dpo_jobs_read_the_base_evaluation_and_tables_show_informativeness():
+    """Each tiny DPO job flags a collapse against the SFT base's evaluation (its input), and
+    every mmalign table carries the informativeness columns beside the plan's metrics."""
+    from mmablate.pipeline import Pipeline
+    from .test_mmalign_pipeline import ONLY, cfg
+
+    P = Pipeline(cfg(ONLY), write=False)
+    (eh,) = P.stages["mmalign_eval"]
+    want = P.output("mmalign_eval", eh)
+    for h, c in P.stages["mmalign_dpo"].items():
+        assert c["reference_eval"] == want
+        assert want in P.inputs("mmalign_dpo", h, 0)["reference"]
+    for a in P.ablations:
+        ids = [m["id"] for m in P.ablation_config(a)["metrics"]]
+        assert {"desc_words", "desc_empty", "mmhalv_holistic", "mmhalv_attribute"} <= set(ids)
+        assert ids.index("mmhalv") < ids.index("desc_words")  # beside, after the plan's

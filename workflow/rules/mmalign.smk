@@ -145,7 +145,7 @@ rule mmalign_merge:
     input:
         unpack(upstream("mmalign_merge")),
         cfg=stage_input("mmalign_merge"),
-        src=sources(f"{MMA_SRC}/cli.py"),
+        src=sources(f"{MMA_SRC}/cli.py", "report/flags.py"),
     output:
         f"{R}/mmalign/merge/{{h}}/metrics.json",
     log:
