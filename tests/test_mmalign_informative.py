@@ -309,3 +309,25 @@ def test_dpo_jobs_read_the_base_evaluation_and_tables_show_informativeness():
         ids = [m["id"] for m in P.ablation_config(a)["metrics"]]
         assert {"desc_words", "desc_empty", "mmhalv_holistic", "mmhalv_attribute"} <= set(ids)
         assert ids.index("mmhalv") < ids.index("desc_words")  # beside, after the plan's
+
+
+def test_validation_world_is_the_same_generator_on_other_images(tmp_path):
+    """The tuning's validation split: the world's own generator at another seed — the same
+    benchmark files, no preference pairs, other scenes than the test benchmarks'."""
+    from mmablate.studies.mmalign.evaluate import load_benchmarks
+    from mmablate.studies.mmalign.tune import validation_eval, write_validation_world
+    from mmablate.studies.mmalign.worlddata import write_mmalign_world
+
+    w = dict(seed=3, colours=COLOURS, shapes=SHAPES, max_objects=2, glyph_prob=0.5,
+             cooccur=0.6, image_size=32, n_sft=6, n_pref=8, n_eval=8, pref_yesno_frac=0.3)
+    write_mmalign_world(w, tmp_path / "test")
+    val = write_validation_world(w, tmp_path / "val")
+    assert json.loads((val / "povid/povid_pairs.json").read_text()) == []
+    scenes = lambda d: [json.loads(line)["scene"] for line in  # noqa: E731
+                        (d / "scenes.jsonl").read_text().splitlines()
+                        if json.loads(line)["image"].startswith("eval_")]
+    assert scenes(val) != scenes(tmp_path / "test") and len(scenes(val)) == 8
+    ecfg = validation_eval({"describe_prompt": D}, val)
+    bench = load_benchmarks(ecfg)
+    assert all(str(val) in r["image"] for recs in bench.values() for r in recs)
+    assert ecfg["scenes"] == f"{val}/scenes.jsonl"
