@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..util import read_json
-from .summary import paired_deltas, paired_reference, summarise
+from .summary import REHEARSAL_NOTE, paired_deltas, paired_reference, summarise
 
 
 def _best(ab, recs):
@@ -32,10 +32,18 @@ def _chance_text(ab, df):
     return ("Chance: " + ", ".join(parts) + ".") if parts else ""
 
 
+def scale_note(scale: str) -> str:
+    """What the caption adds to the scale: the world's metrics, or a rehearsal's."""
+    if scale in ("tiny", "smoke"):
+        return " (synthetic world: world metrics, not the paper's benchmarks)"
+    if scale == "rehearsal":
+        return f" (the paper configuration's code path on stand-in data; {REHEARSAL_NOTE})"
+    return ""
+
+
 def caption(ab, df) -> str:
     n = len(ab["seeds"])
-    world = " (synthetic world: world metrics, not the paper's benchmarks)" \
-        if ab["scale"] in ("tiny", "smoke") else ""
+    world = scale_note(ab["scale"])
     part = ab["part"] or ab["key"]
     if part[:1].isupper() and part[1:2].islower():  # a plan's sentence, now mid-sentence
         part = part[0].lower() + part[1:]
