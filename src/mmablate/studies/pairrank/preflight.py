@@ -196,8 +196,10 @@ def check_rewards(rewards: dict, key: str) -> None:
             if not d.is_dir():
                 raise CheckpointError(f"{k}.pickscore.processor: {d}: not found (a CLIPProcessor "
                                       f"folder)")
-            _config_json(d, "preprocessor_config.json", f"{k}.pickscore.processor",
-                         "the CLIP image processor")
+            names = ("preprocessor_config.json", "processor_config.json")  # transformers 4 / 5
+            if not any((d / n).is_file() for n in names):
+                raise CheckpointError(f"{k}.pickscore.processor: {d}: no {' or '.join(names)} "
+                                      f"(the CLIP image processor)")
             _tokenizer(d, f"{k}.pickscore.processor", CLIP_TOKENIZER, "the CLIPProcessor")
     if "image_reward" in paper:
         b = paper["image_reward"]
