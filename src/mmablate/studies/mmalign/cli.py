@@ -179,3 +179,8 @@ def register(sub):
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--save-model", action="store_true")
     s.set_defaults(fn=cmd_dpo, gpu=True)
+
+    # the rehearsal's judge stand-in (mmablate.rehearsal.judge): `rehearsal-judge --port P`
+    from ...rehearsal.judge import register as register_judge
+
+    register_judge(sub)
