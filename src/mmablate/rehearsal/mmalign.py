@@ -351,7 +351,11 @@ def build_sentence_embedder(out_dir: Path, corpus: list[str], seed: int = 0, wid
 
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as stm
+
+    try:  # sentence-transformers ≥ 6 (the old `models` path warns)
+        from sentence_transformers.sentence_transformer import modules as stm
+    except ImportError:
+        from sentence_transformers import models as stm
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from tokenizers.processors import TemplateProcessing
     from transformers import MPNetConfig, MPNetModel, PreTrainedTokenizerFast
