@@ -95,11 +95,25 @@ class JudgeServer:
     ``port=0`` takes a free port. ``requests`` counts the answered prompts by kind."""
 
     def __init__(self, port: int = 18765, mode: str = "ok", model: str = "rehearsal-judge",
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", reply=None, fail=()):
+        """`reply(body) -> str`: answer every request with it instead (client tests); `fail`:
+        HTTP statuses to answer the first requests with, one each (retry tests). ``bodies``
+        keeps every request body received."""
         if mode not in MODES:
             raise ValueError(f"judge stand-in mode {mode!r}; known: {', '.join(MODES)}")
         self.mode, self.model, self.host, self.port = mode, model, host, port
+        self.reply, self.fail, self.bodies = reply, list(fail), []
         self.requests: dict[str, int] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kw) -> "JudgeServer":
+        """The stand-in for an endpoint URL such as ``http://127.0.0.1:18765/v1``."""
+        from urllib.parse import urlparse
+
+        u = urlparse(url)
+        if u.hostname not in ("127.0.0.1", "localhost") or not u.port:
+            raise ValueError(f"{url}: the judge stand-in serves on 127.0.0.1:<port> only")
+        return cls(port=u.port, host="127.0.0.1", **kw)
         self._srv = None
         self._thread = None
 
@@ -132,12 +146,17 @@ class JudgeServer:
                     return
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                    text = reply_for(body, outer.mode)
+                    outer.bodies.append(body)
+                    if outer.fail:
+                        code = outer.fail.pop(0)
+                        self._send(code, {"error": {"message": f"judge stand-in: HTTP {code}"}})
+                        return
+                    text = outer.reply(body) if outer.reply else reply_for(body, outer.mode)
                 except (ValueError, AttributeError) as e:
                     self._send(400, {"error": {"message": f"judge stand-in: {e}",
                                                "type": "invalid_request_error"}})
                     return
-                kind = kind_of(body["messages"])
+                kind = kind_of(body.get("messages")) or "other"
                 outer.requests[kind] = outer.requests.get(kind, 0) + 1
                 self._send(200, {
                     "id": f"chatcmpl-{_draw(body) % 10 ** 12}", "object": "chat.completion",
