@@ -289,3 +289,43 @@ def test_preflight_povid_without_rejected(tmp_path, assets):
 
     msg = _bad(tmp_path, assets, edit)
     assert "studies.mmalign.data.pairs.file: " in msg and "no field(s) ['rejected']" in msg
+
+
+def _job_stats(out: str) -> dict:
+    lines = out[out.index("Job stats:"):].splitlines()[3:]
+    stats = {}
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        stats[parts[0]] = int(parts[1])
+    return stats
+
+
+@pytest.mark.slow
+def test_rehearsal_plans_the_paper_jobs_of_mmalign(assets, tmp_path):
+    """`snakemake -n` of paper.yaml + rehearsal.yaml plans the rules and jobs per rule of
+    paper.yaml alone (mmalign only, 2 GPUs per job as the rehearsal runs it)."""
+    import subprocess
+    import sys
+
+    work = assets.parent.parent  # the rehearsal config's paths are relative to it
+    for d in ("config", "src"):
+        if not (work / d).exists():
+            (work / d).symlink_to(ROOT / d)
+    only = tmp_path / "only.yaml"
+    only.write_text("gpus: 2\nstudies:\n  rankclip: {enabled: false}\n  pcclip: {enabled: false}\n"
+                    "  pairrank: {enabled: false}\n  mmalign:\n    judge: {endpoint: "
+                    "'http://127.0.0.1:18765/v1'}\n")
+    snake = [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "all"]
+    runs = {}
+    for name, files in (("paper", ["config/scales/paper.yaml"]),
+                        ("rehearsal", ["config/scales/paper.yaml", "config/scales/rehearsal.yaml"])):
+        r = subprocess.run(snake + ["--configfile", *files, str(only)], cwd=work,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs[name] = _job_stats(r.stdout + r.stderr)
+    assert runs["rehearsal"] == runs["paper"]
+    assert runs["paper"]["mmalign_bench"] == 7 * runs["paper"]["mmalign_merge"]
+    assert {"mmalign_bdhs", "mmalign_dpo", "mmalign_bench", "mmalign_merge", "table",
+            "figure"} <= set(runs["paper"])

@@ -61,7 +61,7 @@ def _is_local(ref: str) -> bool:
 def _exists(path, key: str, what: str, folder=False) -> Path:
     p = Path(str(path)).expanduser()
     if not p.exists():
-        raise DataError(f"{key}: {p}: not found ({what})")
+        raise DataError(f"{key}: {p}: not found; {what} expected")
     if folder and not p.is_dir():
         raise DataError(f"{key}: {p}: not a folder ({what})")
     if not folder and p.is_dir():
@@ -158,17 +158,19 @@ def check_benchmark(name: str, b: dict, key: str) -> None:
     from .data import POPE_SPLITS, mmhal_image_name
 
     if name == "pope":
-        images = _exists(b["images"], f"{key}.images", "COCO val2014 images", folder=True)
+        images = _exists(b["images"], f"{key}.images", "a folder of COCO val2014 images",
+                         folder=True)
         for sp in POPE_SPLITS:
             k = f"{key}.files.{sp}"
-            p = _exists((b.get("files") or {}).get(sp) or "", k, f"POPE's coco_pope_{sp}.json")
+            p = _exists((b.get("files") or {}).get(sp) or "", k, WHAT["pope"])
             rows, first = _records(p, k, "pope", lines=True)
             if rows is not None:
                 _fields(first, p, k, "pope")
                 _image(images, first["image"], f"{key}.images", p)
         return
     if name == "llavaw":
-        images = _exists(b["images"], f"{key}.images", "LLaVA-Bench images", folder=True)
+        images = _exists(b["images"], f"{key}.images", "a folder of LLaVA-Bench images",
+                         folder=True)
         for part in ("questions", "answers", "context"):
             if part == "context" and not b.get("context"):
                 continue
@@ -182,7 +184,7 @@ def check_benchmark(name: str, b: dict, key: str) -> None:
         return
     k = f"{key}.file"
     p = _exists(b.get("file") or "", k, WHAT.get(name, name))
-    images = _exists(b["images"], f"{key}.images", f"{name} images", folder=True)
+    images = _exists(b["images"], f"{key}.images", f"a folder of {name} images", folder=True)
     d, _ = _records(p, k, name, lines=False)
     if d is None:
         return
@@ -221,8 +223,8 @@ def check_inputs(block: dict, where: str) -> None:
     try:
         pairs = data.get("pairs") or {}
         k = f"{S}.data.pairs"
-        images = _exists(pairs.get("images") or "", f"{k}.images", "the pairs' COCO train2014 "
-                         "images", folder=True)
+        images = _exists(pairs.get("images") or "", f"{k}.images", "a folder of the pairs' COCO "
+                         "train2014 images", folder=True)
         p = _exists(pairs.get("file") or "", f"{k}.file", WHAT["pairs"])
         d, _ = _records(p, f"{k}.file", "pairs", lines=False)
         if d is not None:
