@@ -103,11 +103,11 @@ def check_class_folders(root, key: str, where: str, imagenet1k: bool,
 
 def check_inputs(block: dict, where: str) -> None:
     """RankCLIP's paper inputs (``data.source: files``); silent for the world."""
-    from ...data.shards import expand_shards
-
     data = block.get("data") or {}
     if data.get("source") != "files":
         return
+    from ...data.shards import expand_shards  # imports torch: only when there are files to check
+
     root = data.get("root")
     if not root or not Path(root).is_dir():
         raise _err(where, f"{KEY}.data.root", root, "not a directory (the CC3M shard folder)")
