@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..util import read_json
 from .flags import caption_notes
-from .summary import paired_deltas, paired_reference, summarise
+from .summary import REHEARSAL_NOTE, paired_deltas, paired_reference, summarise
 
 
 def _best(ab, recs):
@@ -33,10 +33,18 @@ def _chance_text(ab, df):
     return ("Chance: " + ", ".join(parts) + ".") if parts else ""
 
 
+def scale_note(scale: str) -> str:
+    """What the caption adds to the scale: the world's metrics, or a rehearsal's."""
+    if scale in ("tiny", "smoke"):
+        return " (synthetic world: world metrics, not the paper's benchmarks)"
+    if scale == "rehearsal":
+        return f" (the paper configuration's code path on stand-in data; {REHEARSAL_NOTE})"
+    return ""
+
+
 def caption(ab, df, recs=None) -> str:
     n = len(ab["seeds"])
-    world = " (synthetic world: world metrics, not the paper's benchmarks)" \
-        if ab["scale"] in ("tiny", "smoke") else ""
+    world = scale_note(ab["scale"])
     part = ab["part"] or ab["key"]
     if part[:1].isupper() and part[1:2].islower():  # a plan's sentence, now mid-sentence
         part = part[0].lower() + part[1:]

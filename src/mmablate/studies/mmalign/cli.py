@@ -51,9 +51,25 @@ def _load_for_eval(path):
     return load(path, dtype=torch.bfloat16 if torch.cuda.is_available() else None)
 
 
-def _judge(cfg, jcfg, where):
+def _model_identity(path) -> list:
+    """A model folder's identity for reusing its answers: the path and its files' sizes and
+    modification times (a retrained model at the same path is another model); a hub id alone."""
+    p = Path(str(path))
+    if not p.is_dir():
+        return [str(path)]
+    return [str(path)] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                                for f in p.iterdir() if f.is_file())
+
+
+def _judge(cfg, jcfg, where, needed=True):
+    """The job's judge; an endpoint judge the job needs is checked to answer first
+    (`preflight.check_judge`: a judge that is down fails the job before its model loads)."""
     from .judge import make_judge
 
+    if needed and jcfg.get("kind") == "endpoint" and jcfg.get("endpoint"):
+        from .preflight import check_judge
+
+        check_judge(jcfg)
     return make_judge(jcfg, cfg.get("scenes") or cfg["eval"].get("scenes"), where,
                       cache_dir=cfg["eval"].get("judge_cache"))
 
@@ -81,9 +97,14 @@ def cmd_bench(a):
     cfg = read_json(a.config)
     ecfg = cfg["eval"]
     bench = load_benchmarks(ecfg, [cfg["benchmark"]])
-    judge = _judge(cfg, ecfg["judge"], "eval.judge")
+    from .preflight import JUDGED
+
+    judge = _judge(cfg, ecfg["judge"], "eval.judge", needed=cfg["benchmark"] in JUDGED)
     model, proc = _load_for_eval(cfg["model"])
-    m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
+    # the answers kept beside the record: a job failing at the judge reruns without generating
+    m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads,
+                                 answers_file=Path(a.out).parent / "answers.json",
+                                 model_id=_model_identity(cfg["model"]))
     write_json(a.out, _eval_record(cfg, cfg["seed"], m, chance, detail,
                                    {"model": cfg["model"], "benchmark": cfg["benchmark"]}))
     print(json.dumps(m))
@@ -132,7 +153,7 @@ def cmd_dpo(a):
     ecfg = cfg["eval"]
     per_model = ecfg.get("jobs", "per_model") == "per_model"
     bench = load_benchmarks(ecfg) if per_model else None
-    judge = _judge(cfg, cfg["judge"], "judge")
+    judge = _judge(cfg, cfg["judge"], "judge", needed=per_model or float(cfg["mixed_dpo"]["p"]) < 1)
     out_dir = Path(a.out).parent
     save = out_dir / "model" if (a.save_model or not per_model) else None
     model, proc, summary = train_dpo(cfg, a.seed, out_dir, a.threads, judge, save_to=save)
@@ -210,3 +231,8 @@ def register(sub):
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--save-model", action="store_true")
     s.set_defaults(fn=cmd_dpo, gpu=True)
+
+    # the rehearsal's judge stand-in (mmablate.rehearsal.judge): `rehearsal-judge --port P`
+    from ...rehearsal.judge import register as register_judge
+
+    register_judge(sub)

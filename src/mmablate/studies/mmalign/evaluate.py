@@ -25,8 +25,10 @@ name) or all of a model's in one (``per_model``); the metrics are the same eithe
 """
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 
 from .data import (POPE_SPLITS, load_coco_instances, load_gqa, load_llavaw, load_mmhal,
                    load_mmvet, load_pope, load_textvqa)
@@ -202,8 +204,23 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
     return m, detail
 
 
-def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1):
-    """(metrics, chance, details) of `model` on the loaded benchmarks `bench`."""
+def _answers_key(bench: dict, ecfg: dict, model_id) -> str:
+    from ...util import config_hash
+
+    gen = {k: ecfg.get(k) for k in ("max_new_tokens", "max_new_tokens_short", "describe_prompt")}
+    return config_hash({"model": model_id, "gen": gen,
+                        "asked": sorted({(r["image"], r["question"]) for v in bench.values()
+                                         for r in v})})
+
+
+def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1, answers_file=None,
+             model_id=None):
+    """(metrics, chance, details) of `model` on the loaded benchmarks `bench`.
+
+    `answers_file`: the model's answers are kept there before they are scored, so a job that
+    fails in scoring (a judge that stops answering, or answers what its parser cannot read)
+    reruns without generating again; reused only for the same `model_id` (the model folder with
+    its weights' sizes and times), generation settings and questions."""
     import torch
 
     from ...training.schedule import set_threads
@@ -212,7 +229,20 @@ def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1):
     t0 = time.time()
     if torch.cuda.is_available():
         model.to("cuda")
-    answers = answer_all(model, proc, bench, ecfg)
+    key = _answers_key(bench, ecfg, model_id) if answers_file and model_id else None
+    answers = None
+    if key is not None and Path(answers_file).is_file():
+        rec = json.loads(Path(answers_file).read_text())
+        if rec.get("key") == key:
+            answers = {(i, q): a for i, q, a in rec["answers"]}
+    if answers is None:
+        answers = answer_all(model, proc, bench, ecfg)
+        if key is not None:
+            Path(answers_file).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{answers_file}.tmp")
+            tmp.write_text(json.dumps({"key": key, "answers": [[i, q, a] for (i, q), a
+                                                               in answers.items()]}))
+            tmp.replace(answers_file)
     m, detail = score(bench, answers, judge)
     detail["wall_s"] = round(time.time() - t0, 2)
     detail["examples"] = {k: [{"q": r["question"], "a": answers[(r["image"], r["question"])]}

@@ -221,15 +221,27 @@ class JudgeClient:
             self.stats["retries"] += 1
             time.sleep(self.backoff_s * 2 ** attempt)
 
-    def ask(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
+    def ask(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0,
+            validate=None) -> str:
+        """The judge's reply. `validate(reply)` (the benchmark's parser) raises on a reply it
+        cannot read: such a reply is never cached (nor read back from the cache), so a rerun
+        after the judge is fixed asks again instead of failing on a stored bad answer."""
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                 "temperature": temperature}
         f = self._cache_file(body)
         if f is not None and f.is_file():
-            self.stats["cache_hits"] += 1
-            return json.loads(f.read_text())["reply"]
+            reply = json.loads(f.read_text())["reply"]
+            try:
+                if validate is not None:
+                    validate(reply)
+                self.stats["cache_hits"] += 1
+                return reply
+            except DataError:
+                f.unlink(missing_ok=True)
         self.stats["requests"] += 1
         reply = self._post(body)
+        if validate is not None:
+            validate(reply)
         if f is not None:
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_suffix(f".{os.getpid()}.tmp")
@@ -246,6 +258,20 @@ class JudgeClient:
         with ThreadPoolExecutor(max(1, self.concurrency)) as ex:
             return list(tqdm(ex.map(lambda r: self.ask(**r), requests), total=len(requests),
                              desc=desc, mininterval=10, disable=len(requests) < 50))
+
+
+def parse_rating(reply: str, question="", image="") -> float:
+    """The online-pair judge's 1–10 rating (the first number of the reply, clipped)."""
+    m = re.findall(r"\d+(?:\.\d+)?", reply)
+    if not m:
+        raise JudgeError(f"online pairs: question {question!r} ({os.path.basename(str(image))}): "
+                         f"malformed judge answer (no rating): {reply[:200]!r}")
+    return min(10.0, max(1.0, float(m[0])))
+
+
+def _check(parse, *args):
+    """A reply validator for `JudgeClient.ask`: `parse(reply, *args)` raises on a bad reply."""
+    return lambda reply: parse(reply, *args)
 
 
 class EndpointJudge:
@@ -283,7 +309,8 @@ class EndpointJudge:
 
         replies = self.client.ask_many([{"messages": mmhal_request(
             it["image_content"], it["question"], it["gt_answer"], it["response"]),
-            "max_tokens": 1024} for it in items], "judge mmhal")
+            "max_tokens": 1024, "validate": _check(parse_mmhal, "mmhal", it["qid"])}
+            for it in items], "judge mmhal")
         return [float(parse_mmhal(r, "mmhal", it["qid"])) for r, it in zip(replies, items)]
 
     def llavaw_many(self, items) -> list[tuple[float, float]]:
@@ -292,15 +319,16 @@ class EndpointJudge:
 
         replies = self.client.ask_many([{"messages": llavaw_request(
             it.get("context") or it["gt_answer"], it["question"], it["gt_answer"], it["response"]),
-            "max_tokens": 1024, "temperature": 0.2} for it in items], "judge llavaw")
+            "max_tokens": 1024, "temperature": 0.2,
+            "validate": _check(parse_llavaw, "llavaw", it["qid"])} for it in items], "judge llavaw")
         return [parse_llavaw(r, "llavaw", it["qid"]) for r, it in zip(replies, items)]
 
     def mmvet_many(self, items) -> list[float]:
         from .protocols import mmvet_request, parse_mmvet
 
         replies = self.client.ask_many([{"messages": mmvet_request(
-            it["question"], it["gt_answer"], it["response"]), "max_tokens": 3}
-            for it in items], "judge mmvet")
+            it["question"], it["gt_answer"], it["response"]), "max_tokens": 3,
+            "validate": _check(parse_mmvet, "mmvet", it["qid"])} for it in items], "judge mmvet")
         return [parse_mmvet(r, "mmvet", it["qid"]) for r, it in zip(replies, items)]
 
     def rank_many(self, items) -> list[float]:
@@ -311,15 +339,9 @@ class EndpointJudge:
                 "to the question about the image on a scale of 1 to 10; hallucinated content "
                 "must lower the rating. Reply with the rating only.\n"
                 f"Question: {q}\nReference answer: {gt}\nResponse: {resp}")}]}],
-            "max_tokens": 8} for img, q, resp, gt in items], "judge online pairs")
-        out = []
-        for r, (img, q, _, _) in zip(replies, items):
-            m = re.findall(r"\d+(?:\.\d+)?", r)
-            if not m:
-                raise JudgeError(f"online pairs: question {q!r} ({os.path.basename(str(img))}): "
-                                 f"malformed judge answer (no rating): {r[:200]!r}")
-            out.append(min(10.0, max(1.0, float(m[0]))))
-        return out
+            "max_tokens": 8, "validate": _check(parse_rating, q, img)}
+            for img, q, resp, gt in items], "judge online pairs")
+        return [parse_rating(r, q, img) for r, (img, q, _, _) in zip(replies, items)]
 
     def rank_score(self, image, question, response, gt_answer) -> float:
         return self.rank_many([(image, question, response, gt_answer)])[0]
