@@ -123,7 +123,8 @@ rule mmalign_bench:
         cfg=stage_input("mmalign_bench"),
         src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
                     f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "world/vqa.py",
-                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
+                    "data/imagetext.py", "training/schedule.py", "world/scenes.py",
+                    f"{MMA_SRC}/preflight.py"),
     output:
         f"{R}/mmalign/bench/{{h}}/metrics.json",
     log:
