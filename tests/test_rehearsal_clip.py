@@ -344,3 +344,14 @@ def test_captioner_miniatures_write_captions_the_filter_keeps(tmp_path):
                              max_new_tokens=over["max_new_tokens"]).caption(pairs)
         kept = [t for t, p in zip(out, pairs) if is_degenerate(t, p, paper["captions"]["filter"]) is None]
         assert kept, (name, out)
+
+
+def test_a_small_caption_set_batches_evenly_over_the_ranks():
+    """With fewer kept captions than finetune.batch_size the finetune takes them all as one
+    batch; over 2 ranks an odd count made a batch the harness refused."""
+    from mmablate.studies.pcclip.finetune import whole_set_batch
+
+    assert whole_set_batch(7, 1, "c.csv") == 7
+    assert whole_set_batch(7, 2, "c.csv") == 6
+    with pytest.raises(DataError, match="c.csv: 1 kept caption"):
+        whole_set_batch(1, 2, "c.csv")

@@ -64,7 +64,8 @@ def check_shard(shard: str, key: str, where: str, need_stats: bool) -> None:
     try:
         members = first_sample(p)
     except (OSError, tarfile.TarError, EOFError) as e:
-        raise _err(where, key, p, f"not a readable tar archive ({e})") from None
+        why = " ".join(str(e).split())  # tarfile's message spans lines
+        raise _err(where, key, p, f"not a readable tar archive ({why})") from None
     if not members:
         raise _err(where, key, p, "an empty tar archive (no samples)")
     if not any(m in members for m in ("jpg", "jpeg", "png", "webp")):
