@@ -231,7 +231,6 @@ def _pc_block(coco, models=None, **pairs):
                       "image_dir": str(coco / "coco/train2017"),
                       "eval_csv": str(coco / "pcclip/eval_pairs.csv"), **pairs},
             "captions": {"captioner": "llama2_chat", "captioners": caps},
-            "ablations": [{"key": "captions.captioner", "values": ["llama2_chat", "t5"]}],
             "base": {"source": "pretrained", "model": {"arch": "ViT-L-14",
                                                       "pretrained": "datacomp_xl_s13b_b90k"}},
             "eval": {"classify_dir": "val", "class_source": "imagenet1k"}}
@@ -344,3 +343,31 @@ def test_captioner_miniatures_write_captions_the_filter_keeps(tmp_path):
                              max_new_tokens=over["max_new_tokens"]).caption(pairs)
         kept = [t for t, p in zip(out, pairs) if is_degenerate(t, p, paper["captions"]["filter"]) is None]
         assert kept, (name, out)
+
+
+def test_a_small_caption_set_batches_evenly_over_the_ranks():
+    """With fewer kept captions than finetune.batch_size the finetune takes them all as one
+    batch; over 2 ranks an odd count made a batch the harness refused."""
+    from mmablate.studies.pcclip.finetune import whole_set_batch
+
+    assert whole_set_batch(7, 1, "c.csv") == 7
+    assert whole_set_batch(7, 2, "c.csv") == 6
+    with pytest.raises(DataError, match="c.csv: 1 kept caption"):
+        whole_set_batch(1, 2, "c.csv")
+
+
+def test_preflight_imports_no_torch(cc3m, imagenet, coco):
+    """Run at every DAG build: the checks import neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from mmablate.studies.rankclip.preflight import check_inputs as rc\n"
+            "from mmablate.studies.pcclip.preflight import check_inputs as pc\n"
+            "r, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
+            "rc(r, 'w'); pc(p, 'w')\n"
+            "heavy = {'torch', 'transformers', 'open_clip', 'webdataset'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    args = [json.dumps(_rank_block(cc3m, imagenet)), json.dumps(_pc_block(coco))]
+    subprocess.run([sys.executable, "-c", code, *args], check=True,
+                   env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})

@@ -129,13 +129,6 @@ def check_model_folder(src: str, key: str, where: str, chat: bool = False) -> No
                                       "\"chat_template\")")
 
 
-def _used_captioners(block: dict) -> list[str]:
-    cc = block["captions"]
-    used = {cc["captioner"]} | {v for ab in block.get("ablations") or []
-                                if ab.get("key") == "captions.captioner" for v in ab["values"]}
-    return sorted(used)
-
-
 def check_inputs(block: dict, where: str) -> None:
     """PC-CLIP's paper inputs (``pairs.source: coco``, a pretrained base); silent for the
     world."""
@@ -147,9 +140,10 @@ def check_inputs(block: dict, where: str) -> None:
     check_coco_captions(pairs.get("captions_json", ""), pairs.get("image_dir", ""),
                         f"{KEY}.pairs.captions_json", f"{KEY}.pairs.image_dir", where)
     check_pairs_csv(pairs.get("eval_csv", ""), f"{KEY}.pairs.eval_csv", where)
-    caps = block["captions"]["captioners"]
-    for name in _used_captioners(block):
-        spec = caps.get(name) or {}
+    # every defined captioner with a model (the block need not list the plans' ablations):
+    # hub ids are the job's to fetch, local folders are checked
+    for name, spec in sorted((block["captions"].get("captioners") or {}).items()):
+        spec = spec or {}
         if spec.get("family") not in (None, "template") and spec.get("model"):
             check_model_folder(str(spec["model"]), f"{KEY}.captions.captioners.{name}.model",
                                where, chat=bool(spec.get("chat")))
