@@ -287,12 +287,35 @@ def test_corrupt_shard_fails_at_job_time_naming_it_and_keeps_the_scored_shards(t
     block["data"]["pairs"] = str(d)
     check_inputs(block, WHERE)  # the footer reads: preflight cannot see it
     cfg = {"pairs": str(d), "reward": {"source": "paper", "kind": "hpsv2",
-                                       **block["rewards"]["paper"]["hpsv2"]}, "batch_size": 4}
+                                       **block["rewards"]["paper"]["hpsv2"]}, "batch_size": 4,
+           "num_workers": 1}  # decoded in a DataLoader worker, as the paper's job
     out = tmp_path / "score" / "scores.npz"
-    with pytest.raises(DataError, match=r"train-00002-of-00003.parquet: row group 1 \(rows 3–5\)"):
-        rewards.score_pairs(cfg, out, progress=False)
+    with pytest.raises(DataError, match=r"^[^\n]*train-00002-of-00003.parquet: row group 1 "
+                                        r"\(rows 3–5\) does not read[^\n]*$"):
+        rewards.score_pairs(cfg, out, progress=False)  # one line: the worker's message
     assert sorted(p.name for p in (out.parent / "shards").glob("*.npz")) == [
         "00000-train-00000-of-00003.npz", "00001-train-00001-of-00003.npz"]
     files[2].write_bytes(good)  # the shard downloaded again: the job resumes at it
     s = rewards.score_pairs(cfg, out, progress=False)
     assert s["resumed_shards"] == 2 and s["n_shards"] == 3
+
+
+def test_rehearsal_plans_the_paper_dags_jobs(assets):
+    """paper.yaml + rehearsal.yaml plans the same stages, the same number of jobs of each, and
+    the same targets as paper.yaml (its data paths pointed at the stand-ins so it validates)."""
+    from mmablate.config import load
+    from mmablate.pipeline import Pipeline
+
+    from .conftest import only_study
+
+    files = [REPO / "config/config.yaml", REPO / "config/scales/paper.yaml"]
+    paper = only_study(load(files), "pairrank")
+    paper["studies"]["pairrank"]["data"].update(
+        pairs=str(assets / "pickapic_v2/data"), prompts=str(assets / "pickapic_v2/prompts.json"))
+    reh = only_study(load(files + [REPO / "config/scales/rehearsal.yaml"]), "pairrank")
+    reh["studies"]["pairrank"] = rehearsal_block(assets)
+    reh["studies"]["pairrank"]["enabled"] = True
+    Pp, Pr = (Pipeline(c, ["c.yaml"], write=False) for c in (paper, reh))
+    assert {s: len(h) for s, h in Pp.stages.items()} == {s: len(h) for s, h in Pr.stages.items()}
+    assert len(Pp.stages["pairrank_dpo"]) > 1 and Pp.seeds == Pr.seeds
+    assert len(Pp.targets()) == len(Pr.targets())

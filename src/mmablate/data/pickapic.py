@@ -296,9 +296,27 @@ def stream_pairs(path, size: int | None = None, resample: str = "bicubic", num_w
     sub = [files[i] for i in pick]
     remap = {k: i for k, i in enumerate(pick)}
     r = None if rows is None else {k: rows[i] for k, i in remap.items() if i in rows}
-    for item in unit_loader(PairUnits(sub, size, resample, max_rows, r), num_workers):
+    it = iter(unit_loader(PairUnits(sub, size, resample, max_rows, r), num_workers))
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except DataError as e:  # from a worker: its message, without the worker's traceback
+            raise DataError(worker_message(e)) from None
         item["shard"] = remap[item["shard"]]
         yield item
+
+
+def worker_message(e: Exception) -> str:
+    """The message of an error a DataLoader worker raised (torch re-raises it in the main
+    process with the worker's traceback as the message; the CLI prints messages, not stacks)."""
+    msg = str(e)
+    if "Original Traceback" not in msg:
+        return msg
+    prefix = f"{type(e).__module__}.{type(e).__name__}: "
+    lines = [ln for ln in msg.splitlines() if ln.startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else msg
 
 
 def write_standin(out_dir, n_pairs: int, n_shards: int = 3, size: int = 16, seed: int = 0,
