@@ -240,9 +240,13 @@ class PairUnits:
 
         i, g, a, b, lo = self.items[k]
         f = self.files[i]
-        frag = next(iter(ds.dataset(f, format="parquet").get_fragments()))
-        rg = frag.split_by_row_group()[g]
-        t = rg.to_table(columns=list(PAIR_COLUMNS)).slice(a, b - a)
+        try:
+            frag = next(iter(ds.dataset(f, format="parquet").get_fragments()))
+            rg = frag.split_by_row_group()[g]
+            t = rg.to_table(columns=list(PAIR_COLUMNS)).slice(a, b - a)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError: corrupt pages
+            raise DataError(f"{f}: row group {g} (rows {lo}–{lo + b - a - 1}) does not read "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
         l0 = t.column("label_0").to_numpy(zero_copy_only=False).astype(float)
         l1 = t.column("label_1").to_numpy(zero_copy_only=False).astype(float)
         keep = kept_rows(f, (l0, l1))
@@ -292,9 +296,27 @@ def stream_pairs(path, size: int | None = None, resample: str = "bicubic", num_w
     sub = [files[i] for i in pick]
     remap = {k: i for k, i in enumerate(pick)}
     r = None if rows is None else {k: rows[i] for k, i in remap.items() if i in rows}
-    for item in unit_loader(PairUnits(sub, size, resample, max_rows, r), num_workers):
+    it = iter(unit_loader(PairUnits(sub, size, resample, max_rows, r), num_workers))
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except DataError as e:  # from a worker: its message, without the worker's traceback
+            raise DataError(worker_message(e)) from None
         item["shard"] = remap[item["shard"]]
         yield item
+
+
+def worker_message(e: Exception) -> str:
+    """The message of an error a DataLoader worker raised (torch re-raises it in the main
+    process with the worker's traceback as the message; the CLI prints messages, not stacks)."""
+    msg = str(e)
+    if "Original Traceback" not in msg:
+        return msg
+    prefix = f"{type(e).__module__}.{type(e).__name__}: "
+    lines = [ln for ln in msg.splitlines() if ln.startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else msg
 
 
 def write_standin(out_dir, n_pairs: int, n_shards: int = 3, size: int = 16, seed: int = 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..util import read_json
+from .flags import caption_notes
 from .summary import REHEARSAL_NOTE, paired_deltas, paired_reference, summarise
 
 
@@ -41,7 +42,7 @@ def scale_note(scale: str) -> str:
     return ""
 
 
-def caption(ab, df) -> str:
+def caption(ab, df, recs=None) -> str:
     n = len(ab["seeds"])
     world = scale_note(ab["scale"])
     part = ab["part"] or ab["key"]
@@ -49,7 +50,8 @@ def caption(ab, df) -> str:
         part = part[0].lower() + part[1:]
     return (f"{ab['title']} — ablation of {part}. Scale: {ab['scale']}{world}; "
             f"evaluated on {ab['dataset']}. Mean ± std over {n} seed{'s' * (n != 1)}; "
-            f"† = baseline (the paper's setting); best variant in bold. {_chance_text(ab, df)}").strip()
+            f"† = baseline (the paper's setting); best variant in bold. {_chance_text(ab, df)} "
+            f"{caption_notes(ab, recs) if recs is not None else ''}").strip()
 
 
 def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> None:
@@ -76,7 +78,7 @@ def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> Non
         return r["label"] + (" †" if r["is_baseline"] else "")
 
     # Markdown
-    cap = caption(ab, df)
+    cap = caption(ab, df, recs)
     lines = [f"**Table: {ab['study']} / {ab['ablation']}.** {cap}", "",
              "| " + " | ".join([part] + [f"{h} {a}" for h, a in zip(heads, arrow)]) + " |",
              "|" + "---|" * (len(heads) + 1)]

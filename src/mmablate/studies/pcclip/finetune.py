@@ -26,6 +26,7 @@ text describing how the first image differs from the second.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -263,6 +264,17 @@ def make_schedule_for(fc: dict, steps: int, per_epoch: int):
     return lambda opt: make_scheduler(opt, warmup, steps)
 
 
+def whole_set_batch(n_kept: int, world: int, where) -> int:
+    """The batch of a set smaller than ``finetune.batch_size``: as many pairs as there are,
+    split evenly over the job's ranks (torchrun's ``WORLD_SIZE``; the harness refuses a batch
+    that does not split)."""
+    n = n_kept - n_kept % world
+    if n == 0:
+        raise DataError(f"{where}: {n_kept} kept caption(s) cannot make a batch over {world} "
+                        f"ranks")
+    return n
+
+
 def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: str | None, out,
              threads: int = 1, stop_after: int | None = None, progress: bool = True) -> dict:
     """On the training harness (`mmablate.training.harness`): N ranks gather the combined image
@@ -285,7 +297,8 @@ def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: s
     caps = read_captions(captions_csv, len(rows))
     keep = sorted(caps)
     if tcfg["batch_size"] > len(keep) and tcfg.get("effective_batch") in (None, tcfg["batch_size"]):
-        tcfg["batch_size"] = tcfg["effective_batch"] = len(keep)  # as many pairs as there are
+        n = whole_set_batch(len(keep), int(os.environ.get("WORLD_SIZE", "1")), captions_csv)
+        tcfg["batch_size"] = tcfg["effective_batch"] = n
     h = Harness(tcfg, seed=seed, out_dir=out.parent, where="finetune", threads=threads,
                 stop_after=stop_after, progress=progress)
     if h.settings["effective_batch"] > len(keep):
