@@ -222,7 +222,7 @@ def estimate(configfiles, gpu="H100", mfu=0.4, bench=None, profile=None, far=10.
     from ..config import load
     from ..pipeline import Pipeline, configfile_order
     from . import stages as ST
-    from .hardware import gpu as gpu_of
+    from .hardware import GPUS, gpu as gpu_of
 
     if not (0 < float(mfu) <= 1):
         raise ConfigError(f"--mfu {mfu}: must be in (0, 1]")
@@ -233,12 +233,14 @@ def estimate(configfiles, gpu="H100", mfu=0.4, bench=None, profile=None, far=10.
         P = Pipeline(pcfg, files, write=False)
         # estimators look at the real paths (counted from the data when there)
         _unstand(P, cfg, pcfg)
-        g = gpu_of(gpu, peak_tflops, bandwidth_tbs)
-        bench_rates = {}
-        if bench:
-            bench_rates, bgpu = read_bench(bench)
-            if bgpu is not None and str(gpu).lower() == "auto":
-                g = bgpu
+        bench_rates, bgpu = read_bench(bench) if bench else ({}, None)
+        if str(gpu).lower() == "auto":
+            if bgpu is None:
+                raise ConfigError("--gpu auto: needs a --bench file from a GPU of the table "
+                                  f"(known: {sorted(GPUS)})")
+            g = bgpu
+        else:
+            g = gpu_of(gpu, peak_tflops, bandwidth_tbs)
         rates = Rates(g, float(mfu), bench_rates)
         if profile is None:
             profile = "profiles/slurm" if cfg.get("scale") == "paper" else "profiles/slurm-small"
