@@ -159,7 +159,7 @@ def test_dag_jobs_equal_snakemake_dry_run(tmp_path):
     """Jobs per rule of the smoke config: ours against `snakemake -n all`'s job stats."""
     from collections import Counter
 
-    from conftest import copy_workflow
+    from .conftest import copy_workflow
 
     from mmablate.cost import dag_jobs, report_jobs
     from mmablate.pipeline import Pipeline
