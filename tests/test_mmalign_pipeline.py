@@ -93,8 +93,8 @@ def test_paper_scale_dry_run_plans_every_mmalign_job(tmp_path):
     not exist here, a judge endpoint) plans the training jobs and one benchmark job per
     (model, benchmark): 9 variants × 3 seeds + the base = 28 models × 7 benchmarks."""
     wf = copy_workflow(tmp_path)
-    (wf / "overlay.yaml").write_text(yaml.safe_dump(
-        {**ONLY, "studies": {**ONLY["studies"],
+    (wf / "overlay.yaml").write_text(yaml.safe_dump(  # no data here: no preflight (its own test)
+        {**ONLY, "preflight": False, "studies": {**ONLY["studies"],
                              "mmalign": {"judge": {"endpoint": "http://judge.invalid:8000/v1"}}}}))
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--configfile",
                         "config/scales/paper.yaml", "overlay.yaml"], cwd=wf,

@@ -2,10 +2,6 @@
 prompts' parsing), and the judge client against a local OpenAI-compatible stand-in: retries on
 429/500, every answer cached on disk, a malformed answer an error naming the benchmark and the
 question."""
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 
 from mmablate.errors import DataError
@@ -81,41 +77,12 @@ def test_judge_prompts_and_their_parsing():
         P.parse_mmvet("1.5", "mmvet", "v1_3")
 
 
-class _Server:
-    """A local chat-completions stand-in: answers `reply(body)` after failing the first
-    requests with the given HTTP statuses."""
+def _Server(reply, fail=()):
+    """The rehearsal's judge stand-in answering `reply(body)` after failing the first requests
+    with the given HTTP statuses."""
+    from mmablate.rehearsal.judge import JudgeServer
 
-    def __init__(self, reply, fail=()):
-        self.bodies, self.fail = [], list(fail)
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                if outer.fail:
-                    self.send_response(outer.fail.pop(0))
-                    self.end_headers()
-                    self.wfile.write(b"busy")
-                    return
-                data = json.dumps({"choices": [{"message": {"content": reply(body)}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = HTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.srv.server_port}/v1"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.srv.shutdown()
+    return JudgeServer(port=0, reply=reply, fail=fail)
 
 
 def _items(n):

@@ -289,3 +289,26 @@ def test_last_checkpoint_skips_one_cut_short(tmp_path):
             (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path).name == "checkpoint-20"  # by number, not by name
+
+
+class TieJudge:
+    """Scores every response alike: every online pair is a tie."""
+
+    def rank_score(self, image, question, response, gt):
+        return 5.0
+
+
+def test_all_tied_online_pairs_still_run_the_models_forward(setup):
+    """A micro-batch whose online pairs all tie gives loss 0 through a forward of the (DDP-
+    wrapped) model, as every other micro-batch does: under `launch --nproc 2` a rank that skipped
+    the forward left the other rank waiting in its gradient all-reduce (the rehearsal hung)."""
+    tr, rows, model, _, _ = _trainer(setup, 0.5, 0.0, judge=TieJudge())
+    calls = []
+    h = model.register_forward_hook(lambda *a: calls.append(1))
+    loss = tr.compute_loss(model, collate_examples(rows))
+    h.remove()
+    assert tr.mix_log["online_ties"] == len(rows) and loss.item() == 0.0
+    assert calls, "no forward of the model for an all-tied micro-batch"
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(float(g.abs().sum()) == 0 for g in grads)

@@ -11,69 +11,22 @@ import torch
 import torch.nn.functional as F
 
 from mmablate.errors import CheckpointError
+# the ImageReward stand-in's sizes and builder (the rehearsal's: mmablate.rehearsal.pairrank)
+from mmablate.rehearsal.pairrank import (IR_IMG as IMG, IR_PATCH as PATCH, IR_TDEPTH as TDEPTH,
+                                         IR_TW as TW, IR_VDEPTH as VDEPTH, IR_VW as VW,
+                                         image_reward_state as standin_state)
 
 
 # ---- ImageReward: a random stand-in checkpoint in the original key layout --------------------
-VW, VDEPTH, PATCH, IMG = 128, 2, 16, 32     # ViT width, depth, patch, image (2×2 patches)
-TW, TDEPTH = 128, 2                         # BERT width, depth (heads: width / 64 = 2)
+
+BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle",
+              "square", "cat", "on", "the", "left", "photo", "of"]
 
 
 def _bert_vocab(tmp_path):
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle",
-             "square", "cat", "on", "the", "left", "photo", "of"]
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    from transformers import BertTokenizer
+    from mmablate.rehearsal.pairrank import bert_tokenizer
 
-    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
-    return tmp_path / "tok", len(words) + 2  # + BLIP's [DEC] and [ENC]
-
-
-def standin_state(vocab: int, seed: int = 0) -> dict:
-    """ImageReward.pt's keys (blip.visual_encoder / blip.text_encoder / mlp.layers, plus the ITC
-    projections it carries) with random values — LayerNorms too, so a swapped norm shows."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, s=0.05):
-        return torch.randn(*shape, generator=g) * s
-
-    sd = {}
-    v = "blip.visual_encoder."
-    sd[v + "cls_token"] = r(1, 1, VW, s=0.5)
-    sd[v + "pos_embed"] = r(1, (IMG // PATCH) ** 2 + 1, VW, s=0.5)
-    sd[v + "patch_embed.proj.weight"] = r(VW, 3, PATCH, PATCH)
-    sd[v + "patch_embed.proj.bias"] = r(VW)
-    for i in range(VDEPTH):
-        b = f"{v}blocks.{i}."
-        for n in ("norm1", "norm2"):
-            sd[b + n + ".weight"] = 1 + r(VW, s=0.2)
-            sd[b + n + ".bias"] = r(VW, s=0.2)
-        sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"] = r(3 * VW, VW, s=0.2), r(3 * VW)
-        sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"] = r(VW, VW, s=0.1), r(VW)
-        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = r(4 * VW, VW, s=0.1), r(4 * VW)
-        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = r(VW, 4 * VW, s=0.1), r(VW)
-    sd[v + "norm.weight"], sd[v + "norm.bias"] = 1 + r(VW, s=0.2), r(VW, s=0.2)
-    t = "blip.text_encoder."
-    sd[t + "embeddings.word_embeddings.weight"] = r(vocab, TW, s=0.5)
-    sd[t + "embeddings.position_embeddings.weight"] = r(64, TW, s=0.5)
-    sd[t + "embeddings.position_ids"] = torch.arange(64).expand(1, -1)
-    sd[t + "embeddings.LayerNorm.weight"], sd[t + "embeddings.LayerNorm.bias"] = 1 + r(TW, s=0.2), r(TW)
-    for i in range(TDEPTH):
-        b = f"{t}encoder.layer.{i}."
-        for att, kv in (("attention", TW), ("crossattention", VW)):
-            sd[b + f"{att}.self.query.weight"], sd[b + f"{att}.self.query.bias"] = r(TW, TW, s=0.2), r(TW)
-            sd[b + f"{att}.self.key.weight"], sd[b + f"{att}.self.key.bias"] = r(TW, kv, s=0.2), r(TW)
-            sd[b + f"{att}.self.value.weight"], sd[b + f"{att}.self.value.bias"] = r(TW, kv, s=0.2), r(TW)
-            sd[b + f"{att}.output.dense.weight"], sd[b + f"{att}.output.dense.bias"] = r(TW, TW, s=0.1), r(TW)
-            sd[b + f"{att}.output.LayerNorm.weight"] = 1 + r(TW, s=0.2)
-            sd[b + f"{att}.output.LayerNorm.bias"] = r(TW, s=0.2)
-        sd[b + "intermediate.dense.weight"], sd[b + "intermediate.dense.bias"] = r(4 * TW, TW, s=0.1), r(4 * TW)
-        sd[b + "output.dense.weight"], sd[b + "output.dense.bias"] = r(TW, 4 * TW, s=0.1), r(TW)
-        sd[b + "output.LayerNorm.weight"], sd[b + "output.LayerNorm.bias"] = 1 + r(TW, s=0.2), r(TW)
-    sd["blip.vision_proj.weight"], sd["blip.vision_proj.bias"] = r(256, VW), r(256)
-    sd["blip.text_proj.weight"], sd["blip.text_proj.bias"] = r(256, TW), r(256)
-    for k, (a, b_) in zip((0, 2, 4, 6, 7), ((TW, 1024), (1024, 128), (128, 64), (64, 16), (16, 1))):
-        sd[f"mlp.layers.{k}.weight"], sd[f"mlp.layers.{k}.bias"] = r(b_, a, s=1 / math.sqrt(a)), r(b_)
-    return sd
+    return bert_tokenizer(tmp_path / "tok", BERT_WORDS)
 
 
 def reference_reward(sd, pixels, ids, mask):

@@ -92,7 +92,7 @@ def test_paper_dry_run_plans_every_pairrank_job(tmp_path):
     write_standin(tmp_path / "pickapic", 30, 3)
     (tmp_path / "prompts.json").write_text(json.dumps({"val": ["a dog"], "eval": ["a cat"]}))
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"studies": {
+    overlay.write_text(yaml.safe_dump({"preflight": False, "studies": {  # models absent here
         **{s: {"enabled": False} for s in ("rankclip", "pcclip", "mmalign")},
         "pairrank": {"data": {"source": "files", "pairs": str(tmp_path / "pickapic"),
                               "prompts": str(tmp_path / "prompts.json")}}}}))

@@ -2,7 +2,6 @@
 import copy
 import json
 import math
-import string
 
 import numpy as np
 import pytest
@@ -221,37 +220,13 @@ def test_colour_oracle_on_rendered_images():
 # ---- Stable Diffusion loader on a local save_pretrained stand-in ------------------------------
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
-    """A tiny Stable Diffusion pipeline saved with save_pretrained (the paper scale's format)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """A tiny Stable Diffusion pipeline saved with save_pretrained (the paper scale's format):
+    the rehearsal's builder at 16 px (8 px latents)."""
+    from mmablate.rehearsal.pairrank import sd_pipeline
 
-    tmp_path = tmp_path_factory.mktemp("sd_standin")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
-                        model_max_length=16)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                                      num_hidden_layers=1, num_attention_heads=2,
-                                      max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                      pad_token_id=1))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-                        block_out_channels=(8, 16), sample_size=16)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), cross_attention_dim=16,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                norm_num_groups=8, attention_head_dim=4)
-    StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                            scheduler=DDPMScheduler(clip_sample=False), safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False
-                            ).save_pretrained(tmp_path / "sd")
-    return tmp_path / "sd"
+    return sd_pipeline(tmp_path_factory.mktemp("sd_standin") / "sd", text_width=16,
+                       max_length=16, seed=0, latent_size=8, unet_widths=(8, 16),
+                       vae_widths=(8, 16), attention_head_dim=4)
 
 
 def test_sd_pipeline_directory_loads_samples_and_trains(tmp_path, sd_dir):

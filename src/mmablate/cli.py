@@ -63,9 +63,19 @@ def cmd_check_config(a):
     from .config import load
     from .pipeline import Pipeline
 
-    P = Pipeline(load(a.configfiles), a.configfiles, write=False)
+    from .preflight import enabled as preflight_enabled
+    from .preflight import run as preflight
+
+    cfg = load(a.configfiles)
+    P = Pipeline(cfg, a.configfiles, write=False)
     for note in P.notes:
         print(f"note: {note}")
+    checked = preflight(cfg, a.configfiles)  # each enabled study's input files (cheap checks)
+    if checked:
+        print("preflight: inputs of " + ", ".join(f"{s} ({t:.2f} s)" for s, t in checked.items())
+              + " checked")
+    elif not preflight_enabled(cfg):
+        print("preflight: skipped (preflight: false)")
     for ab in P.ablations:
         print(f"{ab.name}: key {ab.key}")
         for r in ab.rows:
@@ -139,6 +149,20 @@ def parser() -> argparse.ArgumentParser:
                         "(default: run sinfo)")
     s.set_defaults(fn=cmd_slurm_check)
 
+    s = sub.add_parser("rehearsal-assets",
+                       help="write the rehearsal's stand-in datasets and miniature models")
+    s.add_argument("out", help="the assets' root (config/scales/rehearsal.yaml: rehearsal/assets)")
+    s.add_argument("--only", nargs="+", default=None, metavar="MODULE",
+                   help="only these asset modules (mmablate.rehearsal.ASSET_MODULES)")
+    s.set_defaults(fn=cmd_rehearsal_assets)
+
+    from .rehearsal.run import add_arguments as rehearse_args
+
+    s = sub.add_parser("rehearse", help="the paper DAG end to end on this machine (rehearsal "
+                                        "assets, judge stand-in, snakemake), and what ran")
+    rehearse_args(s)
+    s.set_defaults(fn=cmd_rehearse)
+
     from .cost import add_arguments as cost_args
 
     s = sub.add_parser("cost", help="GPU-hours of a config's grid before it runs, against the "
@@ -150,6 +174,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
     return p
+
+
+def cmd_rehearsal_assets(a):
+    import json
+
+    from .errors import ConfigError
+    from .rehearsal import ASSET_MODULES, write_assets
+
+    unknown = [m for m in a.only or [] if m not in ASSET_MODULES]
+    if unknown:
+        raise ConfigError(f"rehearsal-assets --only: unknown module(s) {unknown}; known: "
+                          f"{list(ASSET_MODULES)}")
+    t0 = time.time()
+    summary = write_assets(a.out, only=a.only)
+    print(json.dumps(summary, indent=1, sort_keys=True, default=str))
+    print(f"rehearsal-assets: {', '.join(summary) or 'nothing'} under {a.out} in "
+          f"{time.time() - t0:.1f} s")
+
+
+def cmd_rehearse(a):
+    from .rehearsal.run import main as rehearse_main
+
+    return rehearse_main(a)
 
 
 def cmd_gpu_status(a):

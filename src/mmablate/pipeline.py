@@ -73,9 +73,10 @@ class Ablation:
 
 
 class Pipeline:
-    def __init__(self, config: dict, configfiles=(), results: str = "results", write: bool = True,
-                 plans=None):
-        """`plans`: plan files to read; default: every plan in the config's `plans_dir`."""
+    def __init__(self, config: dict, configfiles=(), results: str | None = None,
+                 write: bool = True, plans=None):
+        """`plans`: plan files to read; default: every plan in the config's `plans_dir`.
+        `results`: the outputs' root; default: the config's `results` (default "results")."""
         self.configfiles = [str(c) for c in configfiles] or ["<config>"]
         validate_schema(config, self.configfiles)
         self.config = config
@@ -85,7 +86,9 @@ class Pipeline:
         self.scale = config["scale"]
         self.seeds = list(range(config["seeds"]))
         self.threads = config.get("threads", 1)
-        self.results = results
+        self.results = (results or config.get("results") or "results").rstrip("/")
+        # a rehearsal (config/scales/rehearsal.yaml): the report says so; no stage reads it
+        self.rehearsal = bool(config.get("rehearsal", False))
         self.stages: dict[str, dict[str, dict]] = {}
         # stage → hash → {input name: [Ref]}: the jobs whose outputs a job reads
         self.needs: dict[str, dict[str, dict]] = {}
@@ -248,7 +251,10 @@ class Pipeline:
         labels = mod.metric_labels(scfg, self.scale) if hasattr(mod, "metric_labels") else {}
         return {
             "study": a.study, "ablation": a.id, "part": a.part, "key": a.key,
-            "title": mod.TITLE, "scale": self.scale, "seeds": self.seeds,
+            # the scale the numbers come from: a rehearsal runs the paper configuration's code
+            # path on random miniature models, and its tables say so (mmablate.report)
+            "title": mod.TITLE, "scale": "rehearsal" if self.rehearsal else self.scale,
+            "seeds": self.seeds,
             "dataset": mod.dataset_name(scfg, self.scale),
             "metrics": [{"id": m, **mod.METRICS[m], **({"label": labels[m]} if m in labels else {})}
                         for m in a.metrics],

@@ -11,6 +11,12 @@ from mmablate.pipeline import Pipeline, configfile_order, sources
 
 try:
     P = Pipeline(config, configfile_order(workflow.configfiles, "config/config.yaml"))
+    if workflow.is_main_process:  # not again inside each job a cluster executor starts
+        # each enabled study's cheap input checks (mmablate.preflight; `--config
+        # preflight=false` skips them, e.g. to plan the paper DAG without its data)
+        from mmablate.preflight import run as _preflight
+
+        _preflight(config, P.configfiles)
 except MMAblateError as _e:  # a config error: the message names file(s) and key; no traceback
     print(f"error: {_e}", file=sys.stderr)
     sys.exit(1)

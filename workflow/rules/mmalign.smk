@@ -69,7 +69,7 @@ rule mmalign_dpo:
         cfg=stage_input("mmalign_dpo"),
         src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/trainer.py", f"{MMA_SRC}/evaluate.py",
                     f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py",
-                    f"{MMA_SRC}/protocols.py",
+                    f"{MMA_SRC}/protocols.py", "report/flags.py",
                     "world/vqa.py", "data/imagetext.py", "training", "world/scenes.py"),
     output:
         f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",
@@ -123,7 +123,8 @@ rule mmalign_bench:
         cfg=stage_input("mmalign_bench"),
         src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
                     f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "world/vqa.py",
-                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
+                    "data/imagetext.py", "training/schedule.py", "world/scenes.py",
+                    f"{MMA_SRC}/preflight.py"),
     output:
         f"{R}/mmalign/bench/{{h}}/metrics.json",
     log:
@@ -145,7 +146,7 @@ rule mmalign_merge:
     input:
         unpack(upstream("mmalign_merge")),
         cfg=stage_input("mmalign_merge"),
-        src=sources(f"{MMA_SRC}/cli.py"),
+        src=sources(f"{MMA_SRC}/cli.py", "report/flags.py"),
     output:
         f"{R}/mmalign/merge/{{h}}/metrics.json",
     log:

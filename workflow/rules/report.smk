@@ -24,7 +24,8 @@ rule table:
     input:
         ablation=f"{R}/configs/ablation/{{ab}}.json",
         metrics=f"{R}/ablations/{{ab}}/metrics.csv",
-        src=sources("report/tables.py", "report/summary.py"),
+        evals=lambda w: P.ablation_evals(w.ab),  # the records: collapse and identical-output notes
+        src=sources("report/tables.py", "report/summary.py", "report/flags.py"),
     output:
         md=f"{R}/tables/{{ab}}.md",
         tex=f"{R}/tables/{{ab}}.tex",

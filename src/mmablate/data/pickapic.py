@@ -240,9 +240,13 @@ class PairUnits:
 
         i, g, a, b, lo = self.items[k]
         f = self.files[i]
-        frag = next(iter(ds.dataset(f, format="parquet").get_fragments()))
-        rg = frag.split_by_row_group()[g]
-        t = rg.to_table(columns=list(PAIR_COLUMNS)).slice(a, b - a)
+        try:
+            frag = next(iter(ds.dataset(f, format="parquet").get_fragments()))
+            rg = frag.split_by_row_group()[g]
+            t = rg.to_table(columns=list(PAIR_COLUMNS)).slice(a, b - a)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError: corrupt pages
+            raise DataError(f"{f}: row group {g} (rows {lo}–{lo + b - a - 1}) does not read "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
         l0 = t.column("label_0").to_numpy(zero_copy_only=False).astype(float)
         l1 = t.column("label_1").to_numpy(zero_copy_only=False).astype(float)
         keep = kept_rows(f, (l0, l1))

@@ -24,6 +24,26 @@ def imagenet_metadata():
     return list(IMAGENET_CLASSNAMES), list(OPENAI_IMAGENET_TEMPLATES)
 
 
+def imagenet_val(val_dir, transform=None, limit_per_class: int | None = None, where: str = ""):
+    """(`ClassFolder` of ImageNet-1K val without preloading, open_clip's 1,000 class names): the
+    standard ``val/<synset>/`` layout, whose sorted synset folders are the class order of
+    ``IMAGENET_CLASSNAMES`` (real ImageNet ships no class-name file; the names are open_clip's).
+    Any other folder count is a DataError naming the folder."""
+    from pathlib import Path
+
+    from ..data.imagetext import ClassFolder
+    from ..errors import DataError
+
+    names, _ = imagenet_metadata()
+    val_dir = Path(val_dir)
+    ds = ClassFolder(val_dir, transform, preload=False, limit_per_class=limit_per_class)
+    if len(ds.folders) != len(names):
+        raise DataError(f"{where}{val_dir}: {len(ds.folders)} class folders; ImageNet-1K val has "
+                        f"{len(names)} (val/<synset>/, e.g. val/n01440764/)")
+    ds.classnames = names
+    return ds, names
+
+
 def _prompt(template, name: str) -> str:
     return template(name) if callable(template) else template.format(c=name)
 

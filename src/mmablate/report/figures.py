@@ -4,7 +4,7 @@ rates (unit %) and as points for scores whose zero means nothing (the axis then 
 from __future__ import annotations
 
 from ..util import read_json
-from .summary import summarise
+from .summary import REHEARSAL_NOTE, summarise
 
 
 def make_figure(ablation_cfg_path, metrics_csv, out_png, out_pdf) -> None:
@@ -58,7 +58,8 @@ def make_figure(ablation_cfg_path, metrics_csv, out_png, out_pdf) -> None:
         ax.set_ylabel(m.get("unit", ""))
         ax.legend(fontsize=7)
     fig.suptitle(f"{ab['study']} / {ab['ablation']} — scale: {ab['scale']}, "
-                 f"{len(ab['seeds'])} seeds, {ab['dataset']}", fontsize=9)
+                 f"{len(ab['seeds'])} seeds, {ab['dataset']}"
+                 + (f"\n{REHEARSAL_NOTE}" if ab["scale"] == "rehearsal" else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     fig.savefig(out_pdf)

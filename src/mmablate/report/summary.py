@@ -1,6 +1,10 @@
 """Mean and std over seeds of each (row, metric) of an ablation, from the tidy metrics."""
 from __future__ import annotations
 
+#: what a rehearsal's tables and figures say (config `rehearsal: true`: its ablation configs'
+#: scale is "rehearsal"; config/scales/rehearsal.yaml)
+REHEARSAL_NOTE = "rehearsal: random miniature models; numbers mean nothing"
+
 
 def summarise(ab: dict, df):
     """One record per row of the ablation: {label, is_baseline, kind, n, <metric>: (mean, std)}."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..util import read_json
-from .summary import paired_deltas, paired_reference, summarise
+from .flags import caption_notes
+from .summary import REHEARSAL_NOTE, paired_deltas, paired_reference, summarise
 
 
 def _best(ab, recs):
@@ -32,16 +33,25 @@ def _chance_text(ab, df):
     return ("Chance: " + ", ".join(parts) + ".") if parts else ""
 
 
-def caption(ab, df) -> str:
+def scale_note(scale: str) -> str:
+    """What the caption adds to the scale: the world's metrics, or a rehearsal's."""
+    if scale in ("tiny", "smoke"):
+        return " (synthetic world: world metrics, not the paper's benchmarks)"
+    if scale == "rehearsal":
+        return f" (the paper configuration's code path on stand-in data; {REHEARSAL_NOTE})"
+    return ""
+
+
+def caption(ab, df, recs=None) -> str:
     n = len(ab["seeds"])
-    world = " (synthetic world: world metrics, not the paper's benchmarks)" \
-        if ab["scale"] in ("tiny", "smoke") else ""
+    world = scale_note(ab["scale"])
     part = ab["part"] or ab["key"]
     if part[:1].isupper() and part[1:2].islower():  # a plan's sentence, now mid-sentence
         part = part[0].lower() + part[1:]
     return (f"{ab['title']} — ablation of {part}. Scale: {ab['scale']}{world}; "
             f"evaluated on {ab['dataset']}. Mean ± std over {n} seed{'s' * (n != 1)}; "
-            f"† = baseline (the paper's setting); best variant in bold. {_chance_text(ab, df)}").strip()
+            f"† = baseline (the paper's setting); best variant in bold. {_chance_text(ab, df)} "
+            f"{caption_notes(ab, recs) if recs is not None else ''}").strip()
 
 
 def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> None:
@@ -68,7 +78,7 @@ def make_tables(ablation_cfg_path, metrics_csv, out_md, out_tex, out_csv) -> Non
         return r["label"] + (" †" if r["is_baseline"] else "")
 
     # Markdown
-    cap = caption(ab, df)
+    cap = caption(ab, df, recs)
     lines = [f"**Table: {ab['study']} / {ab['ablation']}.** {cap}", "",
              "| " + " | ".join([part] + [f"{h} {a}" for h, a in zip(heads, arrow)]) + " |",
              "|" + "---|" * (len(heads) + 1)]

@@ -286,6 +286,12 @@ MMALIGN = Study(
         Metric("mmvet", "MM-Vet score", "%", True, ("mmvet", "mm vet")),
         Metric("recall_coco", "Recall-coco (object recall)", "%", True,
                ("recallcoco", "recall coco")),
+        # informativeness beside hallucination (no plan names them; shown beside the plan's):
+        # a model that stops describing scores "no hallucination" (issue 21)
+        Metric("desc_words", "Description length (words)", "", True),
+        Metric("desc_empty", "Descriptions naming no object", "%", False),
+        Metric("mmhalv_holistic", "MMHALv, descriptions", "%", False),
+        Metric("mmhalv_attribute", "MMHALv, attribute questions", "%", False),
     ),
     stages={
         "mmalign_data": "mmalign/data/{h}/summary.json",

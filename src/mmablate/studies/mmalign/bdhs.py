@@ -6,9 +6,13 @@ and the reference model, with every image token kept in attention only if its un
 ≥ ρ_th (0.99: ~1% kept), continues it up to the end of the sentence (sampled, so that a retry
 differs). A sentence that starts with yes/no has that word flipped with probability 0.5 before
 the cut (which then keeps the flipped word). If the new sentence is too similar to the original
-(cosine of sentence embeddings ≥ `sim_threshold`) or has no content (fewer than 3 tokens), it
-is regenerated with a new cut and a new
-mask, at most `max_tries` times; the last try is kept either way (and counted as not accepted).
+(cosine of sentence embeddings ≥ `sim_threshold`) or makes no claim, it is regenerated with a
+new cut and a new mask, at most `max_tries` times. A claim: the generated part holds a word (not
+only the closing '.'), and — where a `claim` test is given (the world: the sentence names an
+object or the letter, `judge.names_object`) — the sentence passes it; counting the kept prefix
+words instead let 22 % of the tiny world's BDHS sentences be truncations like "there is a small ."
+(issue 21). When no try is accepted, the last try that makes a claim is kept (else the last try),
+counted as not accepted.
 The preceding sentences of y⁺ are the context of each sentence (each is corrupted on its own).
 The mask acts on every position holding the image token id: with LLaVA-1.6 the processor expands
 the image into the tokens of every AnyRes tile (base image, tiles, row newlines), so all of
@@ -57,10 +61,19 @@ def plan_cut(sentence: str, rng: np.random.Generator, flip_prob: float):
     return words[:k], flipped
 
 
+def makes_claim(kept: list[str], generated: list[str], claim=None) -> bool:
+    """The BDHS sentence ``kept + generated`` makes a claim (module docstring): the generated
+    part holds a word besides the closing '.', and the sentence passes `claim` if given."""
+    if not [w for w in generated if w not in (".", ",", "?", "!")]:
+        return False
+    return claim is None or bool(claim(" ".join(kept + generated)))
+
+
 def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: int,
-                  progress=True) -> tuple[list[dict], dict]:
+                  progress=True, claim=None) -> tuple[list[dict], dict]:
     """BDHS negatives for `pairs` (records with image, question, chosen). Returns per-pair
-    records {id, rejected_bdhs, sentences: [{tries, sim, accepted, flipped}]} and statistics."""
+    records {id, rejected_bdhs, sentences: [{tries, sim, accepted, flipped, claim}]} and
+    statistics. `claim`: a test a generated sentence must pass (the world's `names_object`)."""
     import torch
 
     from .model import generate
@@ -76,7 +89,7 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
         for si, s in enumerate(sents):
             units.append({"pair": pi, "sent": si, "orig": s, "context": " ".join(sents[:si]),
                           "tries": 0, "new": None, "sim": None, "accepted": False,
-                          "flipped": False})
+                          "flipped": False, "claim": False, "fallback": None})
     pending = list(range(len(units)))
     t0 = time.time()
     for attempt in range(cfg["max_tries"]):
@@ -105,15 +118,18 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
             elif not words or words[-1] != ".":
                 words.append(".")
             u["new"] = " ".join(u["_kept"] + words)
+            u["claim"] = makes_claim(u["_kept"], words, claim)
+            if u["claim"]:
+                u["fallback"] = (u["new"], u["flipped"])
             u["tries"] = attempt + 1
             news.append(u["new"])
         sims = similarity.cosine(news, [units[ui]["orig"] for ui in pending])
         still = []
         for ui, s in zip(pending, sims):
             units[ui]["sim"] = float(s)
-            # a sentence with no content (the model closed it at once) is retried like a too
-            # similar one
-            if s < cfg["sim_threshold"] and len(units[ui]["new"].split()) >= 3:
+            # a sentence making no claim (e.g. the model closed it at once) is retried like a
+            # too similar one
+            if s < cfg["sim_threshold"] and units[ui]["claim"]:
                 units[ui]["accepted"] = True
             else:
                 still.append(ui)
@@ -121,12 +137,16 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
             print(f"[bdhs] try {attempt + 1}: {len(pending) - len(still)}/{len(pending)} sentences "
                   f"accepted ({time.time() - t0:.1f}s)", file=sys.stderr)
         pending = still
+    for ui in pending:  # never accepted: keep the last try that made a claim, if one did
+        u = units[ui]
+        if not u["claim"] and u["fallback"] is not None:
+            (u["new"], u["flipped"]), u["claim"] = u["fallback"], True
     out = []
     for pi, p in enumerate(pairs):
         us = [u for u in units if u["pair"] == pi]
         out.append({"id": p["id"], "rejected_bdhs": " ".join(u["new"] for u in us),
                     "sentences": [{k: u[k] for k in ("orig", "new", "tries", "sim", "accepted",
-                                                      "flipped")} for u in us]})
+                                                      "flipped", "claim")} for u in us]})
     tries = np.array([u["tries"] for u in units])
     sims = np.array([u["sim"] for u in units])
     stats = {"n_pairs": len(pairs), "n_sentences": len(units),
@@ -136,6 +156,7 @@ def bdhs_generate(model, proc, pairs: list[dict], cfg: dict, similarity, seed: i
              "similarity_mean": float(sims.mean()), "similarity_p50": float(np.median(sims)),
              "similarity_p90": float(np.percentile(sims, 90)),
              "flipped": int(sum(u["flipped"] for u in units)),
+             "no_claim": int(sum(not u["claim"] for u in units)),
              "identical_to_chosen": int(sum(o["rejected_bdhs"] == pairs[i]["chosen"]
                                             for i, o in enumerate(out))),
              "wall_s": round(time.time() - t0, 2)}
@@ -160,7 +181,11 @@ def run_bdhs(cfg: dict, out_path, threads=1, progress=True) -> dict:
     if cuda:
         model.to("cuda")
     sim = SentenceSimilarity(cfg["bdhs"]["embedder"])
-    recs, stats = bdhs_generate(model, proc, pairs, cfg["bdhs"], sim, cfg["seed"], progress)
+    claim = None
+    if cfg.get("scenes"):  # the world: a BDHS sentence must name an object or the letter
+        from .judge import names_object as claim
+    recs, stats = bdhs_generate(model, proc, pairs, cfg["bdhs"], sim, cfg["seed"], progress,
+                                claim=claim)
     if cfg.get("scenes"):  # world: how often BDHS negatives really hallucinate (oracle judge)
         from ...world.vqa import judge
 
@@ -171,6 +196,9 @@ def run_bdhs(cfg: dict, out_path, threads=1, progress=True) -> dict:
               for p in pairs if "describe" in p["question"]]
         stats["oracle_hallucinating_frac_bdhs"] = float(np.mean(hs)) if hs else None
         stats["oracle_hallucinating_frac_chosen"] = float(np.mean(hc)) if hc else None
+        sents = [x for r in recs for x in r["sentences"]]
+        stats["no_object_sentence_frac"] = float(np.mean([not claim(x["new"]) for x in sents])) \
+            if sents else None
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -50,9 +51,25 @@ def _load_for_eval(path):
     return load(path, dtype=torch.bfloat16 if torch.cuda.is_available() else None)
 
 
-def _judge(cfg, jcfg, where):
+def _model_identity(path) -> list:
+    """A model folder's identity for reusing its answers: the path and its files' sizes and
+    modification times (a retrained model at the same path is another model); a hub id alone."""
+    p = Path(str(path))
+    if not p.is_dir():
+        return [str(path)]
+    return [str(path)] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                                for f in p.iterdir() if f.is_file())
+
+
+def _judge(cfg, jcfg, where, needed=True):
+    """The job's judge; an endpoint judge the job needs is checked to answer first
+    (`preflight.check_judge`: a judge that is down fails the job before its model loads)."""
     from .judge import make_judge
 
+    if needed and jcfg.get("kind") == "endpoint" and jcfg.get("endpoint"):
+        from .preflight import check_judge
+
+        check_judge(jcfg)
     return make_judge(jcfg, cfg.get("scenes") or cfg["eval"].get("scenes"), where,
                       cache_dir=cfg["eval"].get("judge_cache"))
 
@@ -80,9 +97,14 @@ def cmd_bench(a):
     cfg = read_json(a.config)
     ecfg = cfg["eval"]
     bench = load_benchmarks(ecfg, [cfg["benchmark"]])
-    judge = _judge(cfg, ecfg["judge"], "eval.judge")
+    from .preflight import JUDGED
+
+    judge = _judge(cfg, ecfg["judge"], "eval.judge", needed=cfg["benchmark"] in JUDGED)
     model, proc = _load_for_eval(cfg["model"])
-    m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
+    # the answers kept beside the record: a job failing at the judge reruns without generating
+    m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads,
+                                 answers_file=Path(a.out).parent / "answers.json",
+                                 model_id=_model_identity(cfg["model"]))
     write_json(a.out, _eval_record(cfg, cfg["seed"], m, chance, detail,
                                    {"model": cfg["model"], "benchmark": cfg["benchmark"]}))
     print(json.dumps(m))
@@ -107,6 +129,11 @@ def cmd_merge(a):
         metrics.update(r["metrics"])
         chance.update(r.get("chance", {}))
         detail[r["benchmark"]] = r["detail"]
+    if extra.get("train") is not None:  # no base record here: the absolute collapse tests
+        from ...report.flags import collapse_reasons
+
+        extra["train"]["collapse"] = collapse_reasons(
+            metrics, None, extra["train"].get("chosen_reward_last"))
     missing = [b for b in cfg["benchmarks"] if b not in detail]
     if missing:
         raise DataError(f"{a.out}: no record of benchmark(s) {missing} among {a.records}")
@@ -117,6 +144,7 @@ def cmd_dpo(a):
     """Trains one variant (DPO with BDHS γ and Mixed-DPO p); with ``eval.jobs: per_model`` it
     then runs the benchmarks, with ``per_benchmark`` it saves the model for the benchmark jobs
     (``model/``: the LoRA adapter, or the whole model) and writes the training record."""
+    from ...report.flags import collapse_reasons
     from ...util import read_json, write_json
     from .dpo import train_dpo
     from .evaluate import evaluate, load_benchmarks
@@ -125,7 +153,7 @@ def cmd_dpo(a):
     ecfg = cfg["eval"]
     per_model = ecfg.get("jobs", "per_model") == "per_model"
     bench = load_benchmarks(ecfg) if per_model else None
-    judge = _judge(cfg, cfg["judge"], "judge")
+    judge = _judge(cfg, cfg["judge"], "judge", needed=per_model or float(cfg["mixed_dpo"]["p"]) < 1)
     out_dir = Path(a.out).parent
     save = out_dir / "model" if (a.save_model or not per_model) else None
     model, proc, summary = train_dpo(cfg, a.seed, out_dir, a.threads, judge, save_to=save)
@@ -137,8 +165,20 @@ def cmd_dpo(a):
         print(json.dumps({"train": summary}))
         return
     m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
+    base = read_json(cfg["reference_eval"])["metrics"] if cfg.get("reference_eval") else None
+    summary["collapse"] = collapse_reasons(m, base, summary.get("chosen_reward_last"))
+    if summary["collapse"]:
+        print(f"mmalign-dpo seed {a.seed}: COLLAPSE: {'; '.join(summary['collapse'])}",
+              file=sys.stderr)
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     write_json(a.out, _eval_record(cfg, a.seed, m, chance, detail, {"train": summary}))
     print(json.dumps({"train": summary, "metrics": m}))
+
+
+def _tune(a):
+    from .tune import cmd_tune
+
+    cmd_tune(a)
 
 
 def register(sub):
@@ -172,6 +212,18 @@ def register(sub):
     s.add_argument("records", nargs="+", help="the benchmark jobs' records (and the DPO job's)")
     s.set_defaults(fn=cmd_merge)
 
+    s = sub.add_parser("mmalign-tune", help="tiny DPO hyper-parameters chosen on the world's "
+                       "validation split (studies/mmalign/tune.py)")
+    s.add_argument("--dpo-config", required=True, help="a finished DPO job's resolved config")
+    s.add_argument("--grid", nargs="+", required=True,
+                   help="settings, each 'key=value[,key=value]' (dotted keys of the DPO config)")
+    s.add_argument("--variants", nargs="+", default=["0.5,0.5"], help="'γ,p' pairs to train")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--work", required=True, help="validation world, runs (resumable)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=_tune)
+
     s = sub.add_parser("mmalign-dpo", help="DPO with BDHS (γ) and Mixed-DPO (p), then the benchmarks")
     s.add_argument("--config", required=True)
     s.add_argument("--seed", type=int, required=True)
@@ -179,3 +231,8 @@ def register(sub):
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--save-model", action="store_true")
     s.set_defaults(fn=cmd_dpo, gpu=True)
+
+    # the rehearsal's judge stand-in (mmablate.rehearsal.judge): `rehearsal-judge --port P`
+    from ...rehearsal.judge import register as register_judge
+
+    register_judge(sub)

@@ -100,8 +100,16 @@ def load_pope(path, image_root) -> list[dict]:
     return out
 
 
+def mmhal_image_name(src: str) -> str:
+    """The file of an MMHal-Bench ``image_src`` in its ``images/`` folder: the published
+    ``response_template.json`` holds Flickr URLs, the images are saved under the URL's last part
+    (as MMHal-Bench's own evaluation loads them); a plain file name stays as it is."""
+    return src.rstrip("/").split("/")[-1] if "://" in src else src
+
+
 def load_mmhal(path, image_root) -> list[dict]:
-    return [{"qid": i, "image": str(Path(image_root) / _field(r, "image_src", path, i)),
+    return [{"qid": i, "image": str(Path(image_root) / mmhal_image_name(
+                 _field(r, "image_src", path, i))),
              "question": _text(r, "question", path, i), "gt_answer": r.get("gt_answer", ""),
              "type": r.get("question_type", ""), "image_content": r.get("image_content", [])}
             for i, r in enumerate(_load(path))]

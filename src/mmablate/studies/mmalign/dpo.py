@@ -153,5 +153,8 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
     summary = {"seed": seed, "steps": tc["steps"], "resumed_from": str(resume) if resume else None,
                "final_loss": logs[-1]["loss"] if logs else None, "mix": trainer.mix_log,
                "reward_acc_last": logs[-1].get("rewards/accuracies") if logs else None,
+               # β·log(π/π_ref) of the chosen answers, last logged: strongly negative = their
+               # likelihood fell (over-optimisation; `report.flags.collapse_reasons`)
+               "chosen_reward_last": logs[-1].get("rewards/chosen") if logs else None,
                "wall_s": round(time.time() - t0, 2)}
     return model, proc, summary

@@ -25,8 +25,10 @@ name) or all of a model's in one (``per_model``); the metrics are the same eithe
 """
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 
 from .data import (POPE_SPLITS, load_coco_instances, load_gqa, load_llavaw, load_mmhal,
                    load_mmvet, load_pope, load_textvqa)
@@ -35,9 +37,10 @@ from .protocols import (SHORT_ANSWER, gqa_correct, gqa_prediction, pope_parse, p
 
 BENCHMARKS = ("pope", "mmhal", "llavaw", "mmvet", "vqat", "gqa", "recall_coco")
 # the metrics each benchmark job writes
+# (the mmhal job also writes mmhal_<type> / mmhalv_<type> for each question type it holds)
 BENCH_METRICS = {"pope": ("pope", "pope_acc", "pope_yes_ratio"), "mmhal": ("mmhal", "mmhalv"),
                  "llavaw": ("llavaw",), "mmvet": ("mmvet",), "vqat": ("vqat",), "gqa": ("gqa",),
-                 "recall_coco": ("recall_coco",)}
+                 "recall_coco": ("recall_coco", "desc_words", "desc_empty")}
 SHORT = ("pope", "vqat", "gqa")  # short answers (max_new_tokens_short)
 
 
@@ -83,9 +86,19 @@ def load_benchmarks(ecfg: dict, names=BENCHMARKS) -> dict:
                     for r in load_pope(b["pope"]["files"][sp], b["pope"]["images"])}
             recs = [r for r in recs if Path(r["image"]).name in keep]
         out["recall_coco"] = recs[:lim]
+        vocab = coco_categories(rc["file"])
         for r in out["recall_coco"]:
             r["question"] = ecfg["describe_prompt"]
+            r["vocabulary"] = vocab
     return out
+
+
+def coco_categories(path) -> list[str]:
+    """Every category name of a COCO instances file (what a description may name)."""
+    import json
+
+    with open(path) as f:
+        return sorted({c["name"] for c in json.load(f)["categories"]})
 
 
 def answer_all(model, proc, bench: dict, ecfg: dict) -> dict:
@@ -112,8 +125,30 @@ def answer_all(model, proc, bench: dict, ecfg: dict) -> dict:
 
 
 def object_recall(text: str, objects) -> float:
+    return sum(names(text, o) for o in objects) / len(objects)
+
+
+def names(text: str, obj: str) -> bool:
+    """`text` names object `obj` (its name or plural, whole words)."""
     t = " " + re.sub(r"\s+", " ", text.lower()) + " "
-    return sum(f" {o.lower()} " in t or f" {o.lower()}s " in t for o in objects) / len(objects)
+    return f" {obj.lower()} " in t or f" {obj.lower()}s " in t
+
+
+def words(text: str) -> int:
+    """Words of an answer, punctuation tokens not counted (the world's tokenizer spaces them)."""
+    return sum(bool(re.search(r"\w", w)) for w in text.split())
+
+
+def informativeness(descriptions: list[str], vocabulary) -> dict:
+    """How much the descriptions say, beside how much they hallucinate (issue 21: a model whose
+    descriptions collapse to "there is a" scores "no hallucination"):
+    ``desc_words`` = mean words per description; ``desc_empty`` = % of descriptions naming no
+    object of `vocabulary` (the instances file's category names: COCO's 80, the world's
+    colour-shape objects), right or wrong."""
+    n = max(1, len(descriptions))
+    return {"desc_words": sum(words(d) for d in descriptions) / n,
+            "desc_empty": 100 * sum(not any(names(d, o) for o in vocabulary)
+                                    for d in descriptions) / n}
 
 
 def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
@@ -137,6 +172,14 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
         hal = judge.mmhal_many(items("mmhal", image_content=1))
         m["mmhal"] = sum(hal) / len(hal)
         m["mmhalv"] = 100 * sum(h < 3 for h in hal) / len(hal)
+        # the per-question-type split (MMHal-Bench's eight types; the world's holistic
+        # descriptions and attribute questions): which kind of answer a change comes from
+        by_type = {}
+        for r, h in zip(bench["mmhal"], hal):
+            by_type.setdefault(r.get("type") or "other", []).append(h)
+        for t, hs in sorted(by_type.items()):
+            m[f"mmhal_{t}"] = sum(hs) / len(hs)
+            m[f"mmhalv_{t}"] = 100 * sum(h < 3 for h in hs) / len(hs)
     if "llavaw" in bench:
         sc = judge.llavaw_many(items("llavaw", context=1))
         m["llavaw"] = 100 * sum(s[1] for s in sc) / sum(s[0] for s in sc)
@@ -153,11 +196,31 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
     if "recall_coco" in bench:
         rec = [object_recall(A(r), r["objects"]) for r in bench["recall_coco"]]
         m["recall_coco"] = 100 * sum(rec) / len(rec)
+        vocab = bench["recall_coco"][0].get("vocabulary") if bench["recall_coco"] else None
+        m.update(informativeness([A(r) for r in bench["recall_coco"]],
+                                 vocab or sorted({o for r in bench["recall_coco"]
+                                                  for o in r["objects"]})))
+        detail["descriptions"] = [A(r) for r in bench["recall_coco"][:10]]
     return m, detail
 
 
-def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1):
-    """(metrics, chance, details) of `model` on the loaded benchmarks `bench`."""
+def _answers_key(bench: dict, ecfg: dict, model_id) -> str:
+    from ...util import config_hash
+
+    gen = {k: ecfg.get(k) for k in ("max_new_tokens", "max_new_tokens_short", "describe_prompt")}
+    return config_hash({"model": model_id, "gen": gen,
+                        "asked": sorted({(r["image"], r["question"]) for v in bench.values()
+                                         for r in v})})
+
+
+def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1, answers_file=None,
+             model_id=None):
+    """(metrics, chance, details) of `model` on the loaded benchmarks `bench`.
+
+    `answers_file`: the model's answers are kept there before they are scored, so a job that
+    fails in scoring (a judge that stops answering, or answers what its parser cannot read)
+    reruns without generating again; reused only for the same `model_id` (the model folder with
+    its weights' sizes and times), generation settings and questions."""
     import torch
 
     from ...training.schedule import set_threads
@@ -166,7 +229,20 @@ def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1):
     t0 = time.time()
     if torch.cuda.is_available():
         model.to("cuda")
-    answers = answer_all(model, proc, bench, ecfg)
+    key = _answers_key(bench, ecfg, model_id) if answers_file and model_id else None
+    answers = None
+    if key is not None and Path(answers_file).is_file():
+        rec = json.loads(Path(answers_file).read_text())
+        if rec.get("key") == key:
+            answers = {(i, q): a for i, q, a in rec["answers"]}
+    if answers is None:
+        answers = answer_all(model, proc, bench, ecfg)
+        if key is not None:
+            Path(answers_file).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{answers_file}.tmp")
+            tmp.write_text(json.dumps({"key": key, "answers": [[i, q, a] for (i, q), a
+                                                               in answers.items()]}))
+            tmp.replace(answers_file)
     m, detail = score(bench, answers, judge)
     detail["wall_s"] = round(time.time() - t0, 2)
     detail["examples"] = {k: [{"q": r["question"], "a": answers[(r["image"], r["question"])]}

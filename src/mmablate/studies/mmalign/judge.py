@@ -16,8 +16,8 @@ import re
 
 from ...errors import ConfigError, DataError
 from ...world.scenes import COLOURS, GLYPHS, NUMBER_WORDS, POSITIONS, SHAPES
+from ...world.vqa import _MENTION, mentions, mmhal_score, split_sentences
 from ...world.vqa import judge as oracle_judge
-from ...world.vqa import mmhal_score
 
 _KEYS = {"colour": set(COLOURS), "shape": set(SHAPES), "position": set(POSITIONS),
          "number": set(NUMBER_WORDS), "letter": {g.lower() for g in GLYPHS}}
@@ -43,6 +43,71 @@ def short_answer_score(answer: str, gt: str, question: str = "") -> float:
     return sum(a[k] == g[k] for k in kinds) / len(kinds)
 
 
+# An answer that is cut off or states nothing ranks below every informative answer; two such
+# answers tie (the trainer then drops the pair: no preference between two empty answers).
+UNINFORMATIVE = -1.0e6
+
+
+def complete(text: str) -> bool:
+    """The answer is not cut off: it is non-empty and its last sentence is closed ('.', '?', '!')
+    — a response stopped by the token limit mid-sentence is not."""
+    t = text.strip()
+    return bool(t) and t[-1] in ".?!"
+
+
+def names_object(sentence: str) -> bool:
+    """The sentence names a world object (colour + shape, negated or not) or the written letter."""
+    s = sentence.lower()
+    return bool(_MENTION.search(s)) or bool(keywords(s)["letter"] and "letter" in s)
+
+
+def states_something(sentence: str) -> bool:
+    """A sentence makes a claim: it names an object or the letter, or it is a yes/no answer
+    that goes on to name one ("yes , there is a ." states nothing)."""
+    return names_object(sentence)
+
+
+def world_rank_score(response: str, scene, question: str, gt_answer: str) -> float:
+    """The world's online-pair judge, ranking as the paper's judge prompt asks (the more
+    helpful, detailed and correct answer wins; LLaVA-1.6-34B ranks the paper's pairs):
+
+    1. an answer that is cut off (`complete`), empty, or — to a description request — names no
+       object, scores `UNINFORMATIVE`: below every informative answer, and two such answers tie;
+       to a short question, an answer stating no fact of the kind the reference answer holds
+       (and no yes/no) is likewise uninformative;
+    2. a description then scores −(2·hallucinated + missed objects + sentences stating
+       nothing), plus 0.1 for each size or position it states correctly (detail; ≤ 0.4 in a
+       two-object scene, so it never outweighs a hallucinated or a missed object);
+    3. a short answer scores its key-fact credit (`short_answer_score`, 0–1) − 2·hallucinated.
+
+    The earlier score −(2·hallucinated + missed) ranked an answer naming nothing (−n) above any
+    answer with one hallucination, and DPO against it collapsed the descriptions to "there is
+    a" (issue 21)."""
+    if not complete(response):
+        return UNINFORMATIVE
+    j = oracle_judge(response, scene)
+    if "describe" in question:
+        sents = split_sentences(response)
+        if not any(names_object(s) for s in sents):
+            return UNINFORMATIVE
+        empty = sum(not states_something(s) for s in sents)
+        gt = {(o.colour, o.shape): o for o in scene.objects}
+        detail = 0
+        for m in mentions(response):
+            o = gt.get((m["colour"], m["shape"]))
+            if o is not None:
+                detail += (m["size"] == o.size) + (m["position"] == o.position)
+        return -(2.0 * j.hallucinated + j.missed + empty) + 0.1 * detail
+    if any(keywords(gt_answer).values()):
+        q = keywords(question)
+        stated = any(v - q[k] for k, v in keywords(response).items())
+        yes_no = response.strip().lower().split(" ")[0].strip(",") in ("yes", "no")
+        if not stated and not yes_no:
+            return UNINFORMATIVE
+        return short_answer_score(response, gt_answer, question) - 2.0 * j.hallucinated
+    return j.score
+
+
 class OracleJudge:
     """The world's judge: reads the ground-truth scene of each image (``scenes.jsonl``)."""
 
@@ -58,11 +123,8 @@ class OracleJudge:
         return self.scenes[key]
 
     def rank_score(self, image, question, response, gt_answer) -> float:
-        """Higher = better; used to order an online pair's two responses."""
-        j = oracle_judge(response, self.scene(image))
-        if any(keywords(gt_answer).values()) and "describe" not in question:
-            return short_answer_score(response, gt_answer, question) - 2.0 * j.hallucinated
-        return j.score
+        """Higher = better; orders an online pair's two responses (`world_rank_score`)."""
+        return world_rank_score(response, self.scene(image), question, gt_answer)
 
     def mmhal(self, image, question, response, gt_answer) -> float:
         j = oracle_judge(response, self.scene(image))
@@ -159,15 +221,27 @@ class JudgeClient:
             self.stats["retries"] += 1
             time.sleep(self.backoff_s * 2 ** attempt)
 
-    def ask(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
+    def ask(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0,
+            validate=None) -> str:
+        """The judge's reply. `validate(reply)` (the benchmark's parser) raises on a reply it
+        cannot read: such a reply is never cached (nor read back from the cache), so a rerun
+        after the judge is fixed asks again instead of failing on a stored bad answer."""
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                 "temperature": temperature}
         f = self._cache_file(body)
         if f is not None and f.is_file():
-            self.stats["cache_hits"] += 1
-            return json.loads(f.read_text())["reply"]
+            reply = json.loads(f.read_text())["reply"]
+            try:
+                if validate is not None:
+                    validate(reply)
+                self.stats["cache_hits"] += 1
+                return reply
+            except DataError:
+                f.unlink(missing_ok=True)
         self.stats["requests"] += 1
         reply = self._post(body)
+        if validate is not None:
+            validate(reply)
         if f is not None:
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_suffix(f".{os.getpid()}.tmp")
@@ -184,6 +258,20 @@ class JudgeClient:
         with ThreadPoolExecutor(max(1, self.concurrency)) as ex:
             return list(tqdm(ex.map(lambda r: self.ask(**r), requests), total=len(requests),
                              desc=desc, mininterval=10, disable=len(requests) < 50))
+
+
+def parse_rating(reply: str, question="", image="") -> float:
+    """The online-pair judge's 1–10 rating (the first number of the reply, clipped)."""
+    m = re.findall(r"\d+(?:\.\d+)?", reply)
+    if not m:
+        raise JudgeError(f"online pairs: question {question!r} ({os.path.basename(str(image))}): "
+                         f"malformed judge answer (no rating): {reply[:200]!r}")
+    return min(10.0, max(1.0, float(m[0])))
+
+
+def _check(parse, *args):
+    """A reply validator for `JudgeClient.ask`: `parse(reply, *args)` raises on a bad reply."""
+    return lambda reply: parse(reply, *args)
 
 
 class EndpointJudge:
@@ -221,7 +309,8 @@ class EndpointJudge:
 
         replies = self.client.ask_many([{"messages": mmhal_request(
             it["image_content"], it["question"], it["gt_answer"], it["response"]),
-            "max_tokens": 1024} for it in items], "judge mmhal")
+            "max_tokens": 1024, "validate": _check(parse_mmhal, "mmhal", it["qid"])}
+            for it in items], "judge mmhal")
         return [float(parse_mmhal(r, "mmhal", it["qid"])) for r, it in zip(replies, items)]
 
     def llavaw_many(self, items) -> list[tuple[float, float]]:
@@ -230,15 +319,16 @@ class EndpointJudge:
 
         replies = self.client.ask_many([{"messages": llavaw_request(
             it.get("context") or it["gt_answer"], it["question"], it["gt_answer"], it["response"]),
-            "max_tokens": 1024, "temperature": 0.2} for it in items], "judge llavaw")
+            "max_tokens": 1024, "temperature": 0.2,
+            "validate": _check(parse_llavaw, "llavaw", it["qid"])} for it in items], "judge llavaw")
         return [parse_llavaw(r, "llavaw", it["qid"]) for r, it in zip(replies, items)]
 
     def mmvet_many(self, items) -> list[float]:
         from .protocols import mmvet_request, parse_mmvet
 
         replies = self.client.ask_many([{"messages": mmvet_request(
-            it["question"], it["gt_answer"], it["response"]), "max_tokens": 3}
-            for it in items], "judge mmvet")
+            it["question"], it["gt_answer"], it["response"]), "max_tokens": 3,
+            "validate": _check(parse_mmvet, "mmvet", it["qid"])} for it in items], "judge mmvet")
         return [parse_mmvet(r, "mmvet", it["qid"]) for r, it in zip(replies, items)]
 
     def rank_many(self, items) -> list[float]:
@@ -249,15 +339,9 @@ class EndpointJudge:
                 "to the question about the image on a scale of 1 to 10; hallucinated content "
                 "must lower the rating. Reply with the rating only.\n"
                 f"Question: {q}\nReference answer: {gt}\nResponse: {resp}")}]}],
-            "max_tokens": 8} for img, q, resp, gt in items], "judge online pairs")
-        out = []
-        for r, (img, q, _, _) in zip(replies, items):
-            m = re.findall(r"\d+(?:\.\d+)?", r)
-            if not m:
-                raise JudgeError(f"online pairs: question {q!r} ({os.path.basename(str(img))}): "
-                                 f"malformed judge answer (no rating): {r[:200]!r}")
-            out.append(min(10.0, max(1.0, float(m[0]))))
-        return out
+            "max_tokens": 8, "validate": _check(parse_rating, q, img)}
+            for img, q, resp, gt in items], "judge online pairs")
+        return [parse_rating(r, q, img) for r, (img, q, _, _) in zip(replies, items)]
 
     def rank_score(self, image, question, response, gt_answer) -> float:
         return self.rank_many([(image, question, response, gt_answer)])[0]

@@ -27,6 +27,17 @@ METRICS = SPEC.metric_records
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 
+def extra_metrics(scfg: dict) -> list:
+    """Informativeness beside the plan's hallucination metrics, at every scale: description
+    length and the share of descriptions naming no object (the Recall-coco descriptions); on
+    the world also MMHal's hallucination rate split by its two question types (descriptions,
+    attribute questions). Every MMHal type's split is in the records at every scale."""
+    extra = ["desc_words", "desc_empty"]
+    if scfg["data"]["source"] == "world":
+        extra += ["mmhalv_holistic", "mmhalv_attribute"]
+    return extra
+
+
 def dataset_name(scfg: dict, scale: str) -> str:
     if scfg["data"]["source"] == "world":
         return ("the synthetic world (world versions of POPE, MMHal, LLaVA-W, MM-Vet, TextVQA, "
@@ -179,8 +190,13 @@ def variant(P, vcfg: dict):
         cfg["eval"] = {"jobs": "per_benchmark",
                        **({"judge_cache": cfg["eval"]["judge_cache"]}
                           if "judge_cache" in cfg["eval"] else {})}
-    h = P.add_stage("mmalign_dpo", cfg,
-                    needs={**_needs(P, sh, scenes), "bdhs": P.ref("mmalign_bdhs", bh)})
+    needs = {**_needs(P, sh, scenes), "bdhs": P.ref("mmalign_bdhs", bh)}
+    if not per_benchmark(vcfg):
+        # the base model's evaluation: the job flags a collapse of its answers against it
+        eh = base_eval(P, vcfg, base, sh, bench, scenes)
+        cfg["reference_eval"] = P.output("mmalign_eval", eh)
+        needs["reference"] = P.ref("mmalign_eval", eh)
+    h = P.add_stage("mmalign_dpo", cfg, needs=needs)
     if not per_benchmark(vcfg):
         return h, {s: P.output("mmalign_dpo", h, s) for s in P.seeds}
     ecfg = eval_config(vcfg, bench, scenes, P.results)
@@ -203,7 +219,13 @@ def references(P, scfg):
     if per_benchmark(scfg):
         path = benchmark_jobs(P, base, 0, ecfg, _needs(P, sh, scenes))
         return [Row(label, None, False, P.job_of(path)[1], {0: path}, kind="reference")]
-    h = P.add_stage("mmalign_eval", {"model": base, "sft": sh, "eval": ecfg},
-                    needs=_needs(P, sh, scenes))
+    h = base_eval(P, scfg, base, sh, bench, scenes)
     return [Row(label, None, False, h, {0: P.output("mmalign_eval", h)}, kind="reference")]
+
+
+def base_eval(P, scfg, base, sh, bench, scenes) -> str:
+    """The base model's evaluation job (``eval.jobs: per_model``): the reference row."""
+    ecfg = eval_config(scfg, bench, scenes, P.results)
+    return P.add_stage("mmalign_eval", {"model": base, "sft": sh, "eval": ecfg},
+                       needs=_needs(P, sh, scenes))
 

@@ -292,8 +292,13 @@ class BDHSMixedDPOTrainer(DPOTrainer):
                 pairs.append((seq(pr, pr["chosen"]), seq(pr, pr["rejected"]), 1 / n, "online"))
         mode = "train" if self.model.training else "eval"
         stats = torch.zeros(4, device=self.accelerator.device)  # n, acc, margin, chosen reward
-        if not pairs:  # every online pair tied: a zero loss that still has a graph
-            total = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        if not pairs:  # every online pair tied: a zero loss that still has a graph, from a
+            # forward through `model` like any other micro-batch — under DDP every rank must run
+            # the wrapped model's forward and backward, or the ranks' gradient all-reduces no
+            # longer match and the job hangs (seen in the rehearsal: 2 gloo ranks, one all ties)
+            e = examples[0]
+            logps, _ = self._seq_logps(model, self._sequences_batch([(e, e["chosen"])]))
+            total = logps.sum() * 0.0
         else:
             logps, ref = self._seq_logps(model, self._sequences_batch(seqs))
             ratio = logps - ref

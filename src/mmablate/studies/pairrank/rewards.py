@@ -288,22 +288,44 @@ def load_twin(path, device: str = "cpu") -> Scorer:
 
 
 # ---- paper-scale wrappers --------------------------------------------------------------------
+def _open_clip(rcfg):
+    """(model, tokenizer): open_clip architecture ``clip_arch`` with ``clip_pretrained`` (an
+    open_clip tag, or a checkpoint file). ``clip_config`` (optional): a model-config JSON file
+    registered under that architecture's name first (a local config: the rehearsal's miniatures,
+    or an architecture open_clip does not ship)."""
+    from ...models import clip as clipm
+
+    block = {"arch": rcfg["clip_arch"], "tokenizer": "open_clip",
+             "pretrained": rcfg.get("clip_pretrained")}
+    if rcfg.get("clip_config"):
+        from ...util import read_json
+
+        block["cfg"] = read_json(rcfg["clip_config"])
+    model, _, tok = clipm.build(block)
+    return model, tok
+
+
+
 # Each returns (fn, input size): fn maps uint8 images [N, S, S, 3] (S = the input size, resized
 # in the DataLoader workers with a bicubic shortest-side resize and centre crop, as the models'
 # own preprocessing) and prompts to scores on `device`.
 def _paper_aesthetic(rcfg, device="cpu"):
     """LAION improved aesthetic predictor: MLP (768→1024→128→64→16→1) on CLIP ViT-L/14 embeddings."""
-    import open_clip
     import torch
     import torch.nn as nn
 
-    model, _, pre = open_clip.create_model_and_transforms(rcfg["clip_arch"],
-                                                          pretrained=rcfg["clip_pretrained"])
+    model, _ = _open_clip(rcfg)
     mlp = nn.Sequential(nn.Linear(768, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
                         nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16),
                         nn.Linear(16, 1))
-    state = torch.load(rcfg["head_weights"], map_location="cpu", weights_only=True)
-    mlp.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
+    from ...util import load_torch_file
+
+    state = load_torch_file(rcfg["head_weights"], "aesthetic predictor weights")
+    try:
+        mlp.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
+    except (RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{rcfg['head_weights']}: not the aesthetic predictor's layers.* "
+                              f"state dict ({str(e)[:300]})") from None
     model.eval().to(device), mlp.eval().to(device)
     size = _image_size(model)
 
@@ -338,14 +360,16 @@ def _paper_pickscore(rcfg, device="cpu"):
 
 def _paper_hpsv2(rcfg, device="cpu"):
     """HPSv2.1: open_clip ViT-H-14 with the HPS checkpoint; score = cos(text, image)."""
-    import open_clip
-    import torch
+    from ...util import load_torch_file
 
-    model, _, _ = open_clip.create_model_and_transforms(rcfg["clip_arch"],
-                                                        pretrained=rcfg.get("clip_pretrained"))
-    state = torch.load(rcfg["checkpoint"], map_location="cpu", weights_only=False)
-    model.load_state_dict(state.get("state_dict", state))
-    tok = open_clip.get_tokenizer(rcfg["clip_arch"])
+    model, tok = _open_clip(rcfg)
+    state = load_torch_file(rcfg["checkpoint"], "HPSv2 checkpoint", weights_only=False)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{rcfg['checkpoint']}: does not fit open_clip {rcfg['clip_arch']} "
+                              f"({str(e)[:300]})") from None
     model.eval().to(device)
     size = _image_size(model)
 

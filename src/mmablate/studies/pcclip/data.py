@@ -107,6 +107,17 @@ def write_world_pairs(cfg: dict, out_dir, progress: bool = True) -> dict:
     return {split: sum(r["split"] == split for r in rows) for split in ("lm", "train", "eval")}
 
 
+def relative_to_csv(image, csv_dir) -> str:
+    """An image path as a pairs CSV in `csv_dir` must hold it: absolute paths as they are;
+    a relative one (to the working directory, e.g. a relative ``image_dir`` in the config)
+    rewritten relative to the CSV's folder, which `read_pairs` resolves it from."""
+    import os
+
+    if Path(image).is_absolute():
+        return str(image)
+    return os.path.relpath(os.path.abspath(image), os.path.abspath(csv_dir))
+
+
 def _read_coco(p) -> dict:
     p = Path(p)
     try:
@@ -143,15 +154,18 @@ def coco_pairs(cfg: dict, out_dir) -> dict:
     rng = np.random.default_rng(cfg["seed"])
     pick = rng.choice(len(images), size=min(cfg["n_images"], len(images)), replace=False)
     chosen = [images[i] for i in pick]
-    img_dir = Path(cfg["image_dir"])
+    img_dir, out_dir = Path(cfg["image_dir"]), Path(out_dir)
     rows = []
     for _ in range(cfg["n_train"]):
         i, j = rng.choice(len(chosen), size=2, replace=False)
         a, b = chosen[i], chosen[j]
-        rows.append({"split": "train", "image_a": str(img_dir / a["file_name"]),
-                     "image_b": str(img_dir / b["file_name"]), "caption_a": first[a["id"]],
-                     "caption_b": first[b["id"]]})
+        rows.append({"split": "train",
+                     "image_a": relative_to_csv(img_dir / a["file_name"], out_dir),
+                     "image_b": relative_to_csv(img_dir / b["file_name"], out_dir),
+                     "caption_a": first[a["id"]], "caption_b": first[b["id"]]})
     for r in read_pairs(cfg["eval_csv"], "eval"):
+        r = dict(r, image_a=relative_to_csv(r["image_a"], out_dir),
+                 image_b=relative_to_csv(r["image_b"], out_dir))
         rows.append({k: r.get(k, "") for k in COLUMNS})
     write_pairs(Path(out_dir) / "pairs.csv", rows)
     return {"train": cfg["n_train"], "eval": len(rows) - cfg["n_train"], "images": len(chosen)}
@@ -229,8 +243,9 @@ def coco_eval_pairs(captions_json, image_dir, out, n_pairs: int = 1000, seed: in
             ia, wa, ca, ib, wb, cb = ib, wb, cb, ia, wa, ca
         used |= {ia, ib}
         pa, pb = f"{wa} {nxt}".strip(), f"{wb} {nxt}".strip()
-        r = {"split": "eval", "image_a": str(img_dir / files[ia]),
-             "image_b": str(img_dir / files[ib]), "caption_a": ca, "caption_b": cb,
+        r = {"split": "eval", "image_a": relative_to_csv(img_dir / files[ia], Path(out).parent),
+             "image_b": relative_to_csv(img_dir / files[ib], Path(out).parent),
+             "caption_a": ca, "caption_b": cb,
              "attribute": attr, "difference": f"{pa} instead of {pb}",
              "reverse": f"{pb} instead of {pa}"}
         if attr == "colour":

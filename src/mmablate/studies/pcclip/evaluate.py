@@ -9,8 +9,11 @@ classification, CLIPScore and embedding arithmetic, for the base model or a fine
   a constant positive bias from scoring 100%. Chance 50%.
 * ``diff_mc_acc`` — multiple choice: the true text, its reverse (how B differs from A) and
   ``n_distractors`` other pairs' texts; correct when the true text has the highest cosine.
-* ``zeroshot_acc`` — top-1 zero-shot accuracy on the class-folder set (prompt ensemble), the
-  images streamed through a `DataLoader` (`LoaderImages`) to the claimed device.
+* ``zeroshot_acc`` — top-1 zero-shot accuracy on the class-folder set (prompt ensemble
+  ``eval.templates``), the images streamed through a `DataLoader` (`LoaderImages`) to the
+  claimed device. ``eval.class_source``: ``files`` (the world: ``eval.classnames``, one name per
+  line in folder order) or ``imagenet1k`` (paper scale: ImageNet-1K val's 1,000 ``<synset>/``
+  folders named by open_clip's ``IMAGENET_CLASSNAMES``; real ImageNet has no class-name file).
 * ``clipscore`` — 100·max(cos(image, caption), 0), mean over the evaluation images and their
   captions, computed with the model under test (torchmetrics' CLIPScore is broken with
   transformers 5 and only loads HF CLIP models; this is its formula over open_clip).
@@ -162,6 +165,7 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
 
     from ...data.imagetext import ClassFolder
     from ...device import torch_device
+    from ...metrics.zeroshot import imagenet_val
     from ...training.schedule import set_threads
     from .data import read_pairs
     from .finetune import embed_dim, encode_pairs, load_clip, load_embeddings, load_finetuned, \
@@ -211,8 +215,11 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
         idx = [i for i, r in enumerate(rows) if r.get("attribute") == a]
         by_attr[a] = diff_accuracy(s_ab[idx], s_ba[idx])
     root = Path(ev.get("classify_root") or world_root)
-    ds = ClassFolder(root / ev["classify_dir"], preprocess, root / ev["classnames"],
-                     preload=False, limit_per_class=ev.get("limit_per_class"))
+    if ev.get("class_source", "files") == "imagenet1k":  # ImageNet-1K val: open_clip's names
+        ds, _ = imagenet_val(root / ev["classify_dir"], preprocess, ev.get("limit_per_class"))
+    else:  # the world's classes: eval.classnames, one per line in folder order
+        ds = ClassFolder(root / ev["classify_dir"], preprocess, root / ev["classnames"],
+                         preload=False, limit_per_class=ev.get("limit_per_class"))
     metrics["zeroshot_acc"] = zeroshot(model, tok, ds, ev["templates"], batch, workers, progress)
     chance["zeroshot_acc"] = 100.0 / len(ds.classnames)
     return metrics, chance, {"diff_acc_by_attribute": by_attr, "n_eval_pairs": len(rows),

@@ -58,6 +58,10 @@ def validate(scfg: dict, where: str) -> None:
     from ...training.schedule import check_warmup
 
     check_warmup(scfg["finetune"], where, "finetune")
+    ev = scfg["eval"]
+    if ev.get("class_source", "files") == "files" and "classnames" not in ev:
+        raise ConfigError(f"{where}.eval.classnames: required with eval.class_source files (or "
+                          f"class_source: imagenet1k for ImageNet-1K val)")
     pairs = scfg["pairs"]
     if pairs["source"] == "coco":
         for k in ("captions_json", "eval_csv"):

@@ -23,20 +23,13 @@ KS = (1, 3, 5, 10)
 def class_set(ev: dict, root):
     """(class-folder dataset without preloading, class names, templates) of the eval block."""
     from ...data.imagetext import ClassFolder
-    from ...errors import DataError
-    from ...metrics.zeroshot import imagenet_metadata
+    from ...metrics.zeroshot import imagenet_metadata, imagenet_val
 
     root = Path(root)
     source = ev.get("class_source", "files")
     if source == "imagenet1k":
-        names, templates = imagenet_metadata()
-        ds = ClassFolder(root / ev["classify_dir"], None, preload=False,
-                         limit_per_class=ev.get("limit_per_class"))
-        if len(ds.folders) != len(names):
-            raise DataError(f"{root / ev['classify_dir']}: {len(ds.folders)} class folders; "
-                            f"ImageNet-1K val has {len(names)} (val/<synset>/, e.g. "
-                            f"val/n01440764/)")
-        return ds, names, templates
+        ds, names = imagenet_val(root / ev["classify_dir"], None, ev.get("limit_per_class"))
+        return ds, names, imagenet_metadata()[1]
     ds = ClassFolder(root / ev["classify_dir"], None, root / ev["classnames"], preload=False,
                      limit_per_class=ev.get("limit_per_class"))
     return ds, ds.classnames, list(ev["templates"])
