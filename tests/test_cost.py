@@ -352,3 +352,36 @@ def test_tiny_estimate_against_measured_cpu_times():
         lines.append(f"{rule:<18} {est:>10.2f} {cpu:>19.1f} {est / cpu:>13.3f}")
         assert est > 0, rule
     print("\n" + "\n".join(lines))
+
+
+def test_local_model_directory_counts_its_own_config(tmp_path):
+    """A model given as a local directory (a rehearsal miniature, a downloaded checkpoint) is
+    counted from its config.json, not from the published size of its name."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=50).save_pretrained(tmp_path / "llama")
+    assert M.lm_flops(str(tmp_path / "llama"), None, None, 10) == _llama_forward(32, 64, 50, 10, 2)
+
+
+@pytest.mark.slow
+def test_rehearsal_grid_priced_from_its_data(tmp_path, monkeypatch):
+    """paper.yaml + rehearsal.yaml with the rehearsal's assets written: the counts come from the
+    assets (shard stats, parquet rows, JSON records) and the models from their local configs."""
+    from mmablate.cost import estimate
+    from mmablate.rehearsal import write_assets
+
+    monkeypatch.chdir(tmp_path)
+    write_assets("rehearsal/assets")
+    for d in ("config", "workflow", "profiles"):
+        (tmp_path / d).symlink_to(REPO / d)
+    e = estimate(["config/config.yaml", "config/scales/paper.yaml", "config/scales/rehearsal.yaml"],
+                 profile=str(REPO / "profiles/slurm"))
+    jobs = {j["rule"]: j for j in e["jobs"]}
+    tr = jobs["rankclip_train"]["items"][0]["basis"]
+    assert any(b.startswith("data:") and "_stats.json" in b for b in tr), tr
+    sc = jobs["pairrank_score"]["items"][0]
+    assert sc["basis"][0].startswith("data:") and sc["samples"] < 1000
+    dpo = jobs["mmalign_dpo"]["items"][0]
+    assert dpo["flops_per_sample"] < 1e12  # a miniature, not the 7B model
+    print(f"\nrehearsal grid: {e['total']['jobs']} jobs, {e['total']['gpu_h'] * 3600:.3g} GPU-s")

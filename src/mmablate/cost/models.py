@@ -188,6 +188,15 @@ PUBLISHED = {
 SD15_UNET_SOURCE = "runwayml/stable-diffusion-v1-5 unet/config.json (mmablate.bench.sd15_unet_config)"
 
 
+def local_config(path):
+    """The transformers config of a local model directory (its config.json), else None."""
+    if path is None or not (Path(str(path)) / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path), local_files_only=True)
+
+
 def published(name: str) -> Published:
     if name not in PUBLISHED:
         from ..errors import ConfigError
@@ -225,6 +234,11 @@ def clip_model(block: dict, depth: int | None = None):
         arch = f"{arch}-mmablate-cost-depth{depth}"
     if cfg is not None:
         cfg = json.loads(json.dumps(cfg))
+        # a name of its own: open_clip's registry is per process, and a miniature registered
+        # as "RN50" would replace the real RN50 for every later count
+        from ..util import config_hash
+
+        arch = f"{arch}-mmablate-cost-{config_hash(cfg)}"
         if block.get("cfg") is not None and block.get("tokenizer", "world") == "world":
             tok = world_tokenizer(cfg["text_cfg"].get("context_length", 24))
             cfg["text_cfg"].update(vocab_size=tok.vocab_size, pool_type="eos", eos_id=tok.eot_id)
@@ -317,6 +331,11 @@ def lm_model(source: str | None, arch: str | None = None, size: dict | None = No
     import transformers as tf
 
     with quiet(), torch.device("meta"):
+        local = local_config(source)
+        if local is not None:  # a local model directory (e.g. a rehearsal miniature)
+            auto = {"bert": tf.AutoModelForMaskedLM, "t5": tf.AutoModelForSeq2SeqLM}.get(
+                local.model_type, tf.AutoModelForCausalLM)
+            return auto.from_config(local)
         if source is not None:
             p = published(source)
             if depth is not None:
@@ -350,7 +369,7 @@ def lm_flops(source, arch, size, tokens: int, decoder_tokens: int = 0, train: bo
         return count(lambda: run().float().sum().backward())
 
     def f():
-        if source is None:
+        if source is None or local_config(source) is not None:
             return at(None)
         return by_depth(at, _depth(published(source)))
     return memo(("lm", source, arch, size, tokens, decoder_tokens, train), f)
@@ -358,8 +377,8 @@ def lm_flops(source, arch, size, tokens: int, decoder_tokens: int = 0, train: bo
 
 def lm_params(source, arch=None, size=None) -> float:
     def f():
-        if source is None:
-            return params_of(lm_model(None, arch, size))
+        if source is None or local_config(source) is not None:
+            return params_of(lm_model(source, arch, size))
         return by_depth(lambda d: params_of(lm_model(source, depth=d)), _depth(published(source)))
     return memo(("lm_params", source, arch, size), f)
 
@@ -371,12 +390,15 @@ def encoder_flops(name: str, tokens: int) -> float:
         import transformers as tf
 
         with quiet(), torch.device("meta"):
-            m = tf.MPNetModel(_tf_config(_at_depth(published(name), depth)))
+            local = local_config(name)
+            m = tf.AutoModel.from_config(local) if local is not None else \
+                tf.MPNetModel(_tf_config(_at_depth(published(name), depth)))
         ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
         m.config.pad_token_id = None
         with torch.no_grad():
             return count(lambda: m(input_ids=ids))
-    return memo(("encoder", name, tokens), lambda: by_depth(at, _depth(published(name))))
+    return memo(("encoder", name, tokens), lambda: at(None) if local_config(name) is not None
+                else by_depth(at, _depth(published(name))))
 
 
 # ---- LLaVA -------------------------------------------------------------------------------------
@@ -393,6 +415,11 @@ def llava_model(base: str | None, tiny: dict | None = None, colours=None, shapes
             return build_tiny(tiny, colours, shapes)[0]
         import transformers as tf
 
+        local = local_config(base)
+        if local is not None:  # a local model directory (e.g. a rehearsal miniature)
+            cls = tf.LlavaNextForConditionalGeneration if local.model_type == "llava_next" \
+                else tf.LlavaForConditionalGeneration
+            return cls(local)
         p = published(base).kwargs
         cut = {} if depth is None else {"num_hidden_layers": depth}
         cfg = tf.LlavaNextConfig(
@@ -479,7 +506,7 @@ def llava_flops(base, tiny, colours, shapes, seq: int, mode: str, lora: dict | N
         return {"vision": vis, "projector": proj, "lm": lmf}
 
     def f():
-        if tiny is not None:
+        if tiny is not None or local_config(base) is not None:
             return at(None)
         p = published(base).kwargs
         got: dict = {}
@@ -498,9 +525,10 @@ def llava_info(base, tiny, colours, shapes, image_hw=(480, 640)) -> dict:
             params_of(m.model.language_model) + params_of(m.lm_head), params_of(m)
 
     def f():
-        m, vis, lm, total = parts(None if tiny is not None else 1)
+        whole = tiny is not None or local_config(base) is not None
+        m, vis, lm, total = parts(None if whole else 1)
         tiles, n_img = llava_tiles(m, image_hw)
-        if tiny is None:  # parameters are affine in depth too
+        if not whole:  # parameters are affine in depth too
             p = published(base).kwargs
             m2, vis2, lm2, total2 = parts(2)
             rest = total - vis - lm
@@ -512,8 +540,18 @@ def llava_info(base, tiny, colours, shapes, image_hw=(480, 640)) -> dict:
 
 
 # ---- diffusion -------------------------------------------------------------------------------
-def unet_config(unet: dict | None) -> dict:
-    """SD-1.5's UNet config (paper) or the tiny world UNet's."""
+def sd_part_config(sd_dir, part: str) -> dict | None:
+    """A diffusers pipeline directory's `part` config (unet/, vae/), else None."""
+    p = Path(str(sd_dir or "")) / part / "config.json"
+    if not p.is_file():
+        return None
+    return {k: v for k, v in json.loads(p.read_text()).items() if not k.startswith("_")}
+
+
+def unet_config(unet) -> dict:
+    """SD-1.5's UNet config (paper), a local pipeline directory's, or the tiny world UNet's."""
+    if isinstance(unet, str):
+        return sd_part_config(unet, "unet") or unet_config(None)
     if unet is None:
         from ..bench import sd15_unet_config
 
@@ -554,34 +592,56 @@ def unet_flops(unet: dict | None, mode: str, lora_rank: int | None = None,
     return memo(("unet", unet, mode, lora_rank, checkpointing, text_len), f)
 
 
-def vae_flops(part: str, size: int = 512) -> float:
-    """SD-1.5's VAE: encode (image → latent) or decode (latent → image) of one image."""
+def vae_flops(part: str, size: int = 512, sd_dir=None) -> float:
+    """SD-1.5's VAE (or a local pipeline directory's): encode (image → latent) or decode
+    (latent → image) of one image of `size` pixels."""
     def f():
         import torch
         from diffusers import AutoencoderKL
 
         with quiet(), torch.device("meta"):
-            vae = AutoencoderKL(**published("sd15/vae").kwargs)
+            vae = AutoencoderKL.from_config(sd_part_config(sd_dir, "vae")) \
+                if sd_part_config(sd_dir, "vae") else AutoencoderKL(**published("sd15/vae").kwargs)
         with torch.no_grad():
             if part == "encode":
                 x = torch.zeros(1, 3, size, size, device="meta")
                 return count(lambda: vae.encode(x))
-            z = torch.zeros(1, 4, size // 8, size // 8, device="meta")
+            f8 = 2 ** (len(vae.config.block_out_channels) - 1)
+            z = torch.zeros(1, vae.config.latent_channels, size // f8, size // f8, device="meta")
             return count(lambda: vae.decode(z))
-    return memo(("vae", part, size), f)
+    return memo(("vae", part, size, str(sd_dir)), f)
 
 
-def sd_text_flops() -> float:
+def sd_text_flops(sd_dir=None) -> float:
     def f():
         import torch
         from transformers import CLIPTextModel
 
+        local = local_config(Path(str(sd_dir)) / "text_encoder") if sd_dir else None
         with quiet(), torch.device("meta"):
-            m = CLIPTextModel(_tf_config(published("sd15/text_encoder")))
-        ids = torch.zeros(1, 77, dtype=torch.long, device="meta")
+            m = CLIPTextModel(local or _tf_config(published("sd15/text_encoder")))
+        n = min(77, m.config.max_position_embeddings)
+        ids = torch.zeros(1, n, dtype=torch.long, device="meta")
         with torch.no_grad():
             return count(lambda: m(input_ids=ids))
-    return memo(("sd_text",), f)
+    return memo(("sd_text", str(sd_dir)), f)
+
+
+def hf_clip_flops(path) -> float:
+    """A transformers CLIP directory (PickScore's): one image + one 77-token prompt."""
+    def f():
+        import torch
+        from transformers import CLIPModel
+
+        with quiet(), torch.device("meta"):
+            m = CLIPModel(local_config(path))
+        v, t = m.config.vision_config, m.config.text_config
+        x = torch.zeros(1, 3, v.image_size, v.image_size, device="meta")
+        ids = torch.zeros(1, min(77, t.max_position_embeddings), dtype=torch.long, device="meta")
+        with torch.no_grad():
+            return count(lambda: m.get_image_features(pixel_values=x)) + \
+                count(lambda: m.get_text_features(input_ids=ids))
+    return memo(("hf_clip", str(path)), f)
 
 
 def image_reward_flops() -> float:

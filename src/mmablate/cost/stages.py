@@ -340,15 +340,28 @@ def pcclip_eval(P, h, cfg, seed):
 
 # ---- pairrank -------------------------------------------------------------------------------------
 def _world_unet(P, model: dict):
-    """(unet config or None for SD-1.5, text-encoder CLIP block or None)."""
+    """(UNet: the world's config, a local SD pipeline directory or None for SD-1.5 by its hub
+    id; text-encoder CLIP block or None)."""
     if model.get("kind") == "world":
         base = _upstream_cfg(P, model["dir"], "pairrank_base")
         return base["unet"], base["text_encoder"]["model"]
-    return None, None
+    sd = model.get("pretrained")
+    return (str(sd) if M.sd_part_config(sd, "unet") else None), None
 
 
-def _text_flops(clip_block) -> float:
-    return M.clip_flops(clip_block, "text") if clip_block else M.sd_text_flops()
+def _sd_dir(unet):
+    return unet if isinstance(unet, str) else None
+
+
+def _image_size(unet) -> int:
+    """Pixels of an SD image: latent size × the VAE's downsampling (SD-1.5: 64 × 8)."""
+    vae = M.sd_part_config(_sd_dir(unet), "vae")
+    f8 = 2 ** (len(vae["block_out_channels"]) - 1) if vae else 8
+    return int(M.unet_config(unet)["sample_size"]) * f8
+
+
+def _text_flops(clip_block, unet=None) -> float:
+    return M.clip_flops(clip_block, "text") if clip_block else M.sd_text_flops(_sd_dir(unet))
 
 
 def _reward(P, r: dict) -> tuple[str, float]:
@@ -358,11 +371,20 @@ def _reward(P, r: dict) -> tuple[str, float]:
         mb = rc["clip"]["model"]
         return f"world {rc['kind']} twin", M.clip_flops(mb, "image") + M.clip_flops(mb, "text")
     kind = r["kind"]
+
+    def block(default):  # open_clip by name, or a local model config (clip_config)
+        cc = r.get("clip_config")
+        if cc and Path(cc).is_file():
+            return {"arch": Path(cc).stem, "cfg": json.loads(Path(cc).read_text()),
+                    "tokenizer": "open_clip"}
+        return {"arch": r.get("clip_arch", default)}
+    if kind == "pickscore" and M.local_config(r.get("model")) is not None:
+        return "pickscore (local CLIP)", M.hf_clip_flops(r["model"])
     if kind in ("hpsv2", "pickscore"):  # PickScore_v1: a finetuned CLIP-ViT-H-14 (same shapes)
-        mb = {"arch": r.get("clip_arch", "ViT-H-14")}
+        mb = block("ViT-H-14")
         return f"{kind} ({mb['arch']})", M.clip_flops(mb, "image") + M.clip_flops(mb, "text")
     if kind == "aesthetic":  # an MLP on CLIP image embeddings (the MLP: negligible)
-        mb = {"arch": r.get("clip_arch", "ViT-L-14")}
+        mb = block("ViT-L-14")
         return f"aesthetic ({mb['arch']} image)", M.clip_flops(mb, "image")
     if kind == "image_reward":
         return "ImageReward (BLIP ViT-L/16 + BERT-base)", M.image_reward_flops()
@@ -409,11 +431,11 @@ def pairrank_dpo(P, h, cfg, seed):
     lora = int(tc["lora_rank"])
     pol = M.unet_flops(unet, "train", lora, False)
     fwd = M.unet_flops(unet, "forward")
-    per_pair = 2 * pol + (2 * fwd if ck else 0) + 2 * fwd + _text_flops(clipb)
-    what = (f"{'SD-1.5' if unet is None else 'world'} UNet: LoRA r{lora} fwd+bwd on winner and "
+    per_pair = 2 * pol + (2 * fwd if ck else 0) + 2 * fwd + _text_flops(clipb, unet)
+    what = (f"{'world' if clipb else 'SD'} UNet: LoRA r{lora} fwd+bwd on winner and "
             f"loser{' (+ checkpoint recompute)' if ck else ''}, reference fwd on both, text enc")
     items = [Work(what, "train", per_pair, pairs.n, [pairs], unit="pair")]
-    if unet is None:  # the kept pairs' images VAE-encoded once into latent shards
+    if clipb is None:  # SD: the kept pairs' images VAE-encoded once into latent shards
         sel = _upstream_cfg(P, cfg["selection"], "pairrank_select") or {}
         total = _pickapic_pairs(sel.get("pairs"))
         frac = float(sel.get("top_fraction") or
@@ -423,8 +445,9 @@ def pairrank_dpo(P, h, cfg, seed):
                 else f"threshold {sel.get('threshold')}: known after selection; priced at "
                      f"top_fraction {frac:g} × {int(total.n):,}")
         kept = Count(frac * total.n, basis, note)
-        items.append(Work("SD-1.5 VAE encode (2 images a kept pair, once)", "forward",
-                          2 * M.vae_flops("encode"), kept.n, [kept], unit="pair"))
+        items.append(Work("SD VAE encode (2 images a kept pair, once)", "forward",
+                          2 * M.vae_flops("encode", _image_size(unet), _sd_dir(unet)), kept.n,
+                          [kept], unit="pair"))
     return JobWork(items, resumable=_resumable(cfg))
 
 
@@ -461,11 +484,11 @@ def pairrank_eval(P, h, cfg, seed):
               f"{int(prompts.n)} prompts × per_prompt {cfg['per_prompt']}")
     cfg_x = 2 if float(s.get("guidance", 1)) > 1 else 1
     fwd = M.unet_flops(unet, "forward")
-    per_img = s["steps"] * cfg_x * fwd + cfg_x * _text_flops(clipb)
-    if unet is None:
-        per_img += M.vae_flops("decode")
-    items = [Work(f"{'SD-1.5' if unet is None else 'world'} UNet: {s['steps']} steps × "
-                  f"{cfg_x} (CFG){' + VAE decode' if unet is None else ''}", "forward", per_img,
+    per_img = s["steps"] * cfg_x * fwd + cfg_x * _text_flops(clipb, unet)
+    if clipb is None:
+        per_img += M.vae_flops("decode", _image_size(unet), _sd_dir(unet))
+    items = [Work(f"{'world' if clipb else 'SD'} UNet: {s['steps']} steps × "
+                  f"{cfg_x} (CFG){'' if clipb else ' + VAE decode'}", "forward", per_img,
                   n.n, [prompts, n], unit="image")]
     for m, r in sorted(cfg["metrics"].items()):
         name, f1 = _reward(P, r)
