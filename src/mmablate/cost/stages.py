@@ -187,6 +187,10 @@ def rankclip_eval(P, h, cfg, seed):
         n_tpl = len(open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES)
         prompts = Count(n_cls * n_tpl, "data", f"open_clip: {n_cls} classes × {n_tpl} templates")
         images = _imagenet_images(cfg["data"]["root"], ev.get("classify_dir", "val"))
+        if ev.get("limit_per_class") and images.n > n_cls * ev["limit_per_class"]:
+            images = Count(n_cls * ev["limit_per_class"], "config",
+                           f"eval.limit_per_class {ev['limit_per_class']} × {n_cls} classes "
+                           f"({images})")
     else:
         n_cls = len(world["colours"]) * len(world["shapes"]) if world else None
         if n_cls is None:
