@@ -163,6 +163,13 @@ def parser() -> argparse.ArgumentParser:
     rehearse_args(s)
     s.set_defaults(fn=cmd_rehearse)
 
+    from .cost import add_arguments as cost_args
+
+    s = sub.add_parser("cost", help="GPU-hours of a config's grid before it runs, against the "
+                                    "SLURM profile (docs/cost.md)")
+    cost_args(s)
+    s.set_defaults(fn=cmd_cost)
+
     s = sub.add_parser("check-config", help="validate config files and list the variants")
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
@@ -228,6 +235,12 @@ def cmd_launch(a):
     from .launch import main as launch_main
 
     return launch_main(a)
+
+
+def cmd_cost(a):
+    from .cost import main as cost_main
+
+    cost_main(a)
 
 
 def cmd_bench(a):
