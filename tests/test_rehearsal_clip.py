@@ -325,25 +325,25 @@ def test_pcclip_preflight_model_folders(coco, llama_dir, tmp_path):
 
 @pytest.mark.slow
 def test_captioner_miniatures_write_captions_the_filter_keeps(tmp_path):
-    """Each miniature (its real class, loaded by the paper path's captioner) writes, on the
-    rehearsal's training pairs, some captions the paper's filter keeps: the finetunes have data."""
+    """Each miniature (its real class, loaded by the paper path's captioner) writes, on pairs of
+    the rehearsal's training captions, captions the paper's filter keeps: the finetunes have
+    data. Its seed is chosen on other pairs than these."""
     from mmablate.studies.pcclip.captioners import is_degenerate, make_captioner
 
     paper = yaml.safe_load((REPO / "config/scales/paper.yaml").read_text())["studies"]["pcclip"]
-    over = _overlay()["pcclip"]["captions"]
-    specs = paper["captions"]["captioners"]
+    assert _overlay()["pcclip"]["captions"]["max_new_tokens"] == RP.MAX_NEW_TOKENS
+    specs, filt = paper["captions"]["captioners"], paper["captions"]["filter"]
     texts = RP.corpus([s["prompt"] for s in specs.values()])
     caps = [RP.captions_of(k, False)[0] for k in range(RP.N_TRAIN_IMAGES)]
-    pairs = [{"caption_a": a, "caption_b": b} for a, b in zip(caps, caps[5:])][:8]
+    pairs = [{"caption_a": a, "caption_b": b} for a, b in zip(caps, caps[7:])][:12]
     for name, spec in specs.items():
-        arch, fam = RP.CAPTIONERS[spec["model"]]
         d = tmp_path / name
-        RP.save_captioner(d, arch, fam, texts)
+        info = RP.write_captioner(d, name, spec, texts, filt)
+        assert info["class"] == RP.CAPTIONERS[spec["model"]][0]
         out = make_captioner(name, spec, str(d), batch_size=8,
-                             max_new_tokens=over["max_new_tokens"]).caption(pairs)
-        kept = [t for t, p in zip(out, pairs) if is_degenerate(t, p, paper["captions"]["filter"]) is None]
-        assert kept, (name, out)
-
+                             max_new_tokens=RP.MAX_NEW_TOKENS).caption(pairs)
+        kept = [t for t, p in zip(out, pairs) if is_degenerate(t, p, filt) is None]
+        assert kept, (name, info, out)
 
 def test_a_small_caption_set_batches_evenly_over_the_ranks():
     """With fewer kept captions than finetune.batch_size the finetune takes them all as one
