@@ -224,3 +224,10 @@ def test_rehearsal_runs_every_rule_of_the_paper_dag(tmp_path):
         assert "Scale: rehearsal" in md and REHEARSAL_NOTE in md, name
         assert (wf / f"rehearsal/results/figures/{name}.png").stat().st_size > 0
     assert not (wf / "results/tables").exists()  # the tiny scale's results are not touched
+
+
+def test_judge_port_follows_the_merged_endpoint():
+    """The stand-in listens where the jobs call it: an --overlay that moves the endpoint moves it."""
+    assert R.judge_port({"studies": {"mmalign": {"judge": {
+        "endpoint": "http://127.0.0.1:18799/v1"}}}}) == 18799
+    assert R.judge_port({"studies": {}}) == R.JUDGE_PORT

@@ -169,6 +169,15 @@ def judge_server(port: int = JUDGE_PORT):
     return JudgeServer(port=port)
 
 
+def judge_port(cfg: dict) -> int:
+    """The port of the merged config's judge endpoint (the stand-in listens where the jobs will
+    call it); rehearsal.yaml's own port where none is set."""
+    from urllib.parse import urlparse
+
+    url = (((cfg.get("studies") or {}).get("mmalign") or {}).get("judge") or {}).get("endpoint")
+    return (urlparse(url).port if url else None) or JUDGE_PORT
+
+
 def assets_overlay(assets: str, overlay_file: str, out: Path) -> Path | None:
     """Where the assets are not at rehearsal.yaml's `rehearsal/assets`: an overlay with each
     path under it moved to `assets` (None where nothing moves)."""
@@ -235,13 +244,15 @@ def rehearse(cores: int = 2, assets: str = DEFAULT_ASSETS, extra=(), fresh: bool
     cf = ["--configfile", *files]
     # the judge stand-in serves mmalign's judged benchmarks and online pairs only
     judge = judge and bool(cfg.get("studies", {}).get("mmalign", {}).get("enabled"))
+    port = judge_port(cfg)
     try:
-        ctx = judge_server() if judge else contextlib.nullcontext(None)
+        ctx = judge_server(port) if judge else contextlib.nullcontext(None)
         server = ctx.__enter__()
     except OSError as e:
-        raise ConfigError(f"rehearse: the judge stand-in cannot listen on 127.0.0.1:{JUDGE_PORT} "
-                          f"({e}): another rehearsal or judge holds the port "
-                          f"(studies.mmalign.judge.endpoint of {OVERLAY} names it)") from None
+        raise ConfigError(f"rehearse: the judge stand-in cannot listen on 127.0.0.1:{port} "
+                          f"({e}): another rehearsal or judge holds the port (set "
+                          f"studies.mmalign.judge.endpoint to another port in an --overlay; "
+                          f"{OVERLAY} names {JUDGE_PORT})") from None
     with contextlib.ExitStack() as stack:
         stack.push(ctx)
         if server is not None:
