@@ -134,7 +134,6 @@ def check_inputs(block: dict, where: str) -> None:
     data = block.get("data") or {}
     if data.get("source") != "files":
         return
-    from ...data.shards import expand_shards  # imports torch: only when there are files to check
 
     root = data.get("root")
     if not root or not Path(root).is_dir():
