@@ -30,8 +30,8 @@ Usage (a study's trainer)::
     ``extra_state``: more checkpointed parts, name → object with ``state_dict()`` /
     ``load_state_dict()`` or a ``(get, set)`` pair (peft adapter-only state).
 ``fit(step, data, *, steps, ckpt_every, log_every=10, order=None, collate=None,
-      after_step=None, group=False, summary=None, desc=None, columns=None, log_last=True,
-      log_file="train_log.csv", summary_file="train_summary.json")``
+      before_step=None, after_step=None, group=False, summary=None, desc=None, columns=None,
+      log_last=True, log_file="train_log.csv", summary_file="train_summary.json")``
     ``data``: a map-style dataset (``__len__`` / ``__getitem__``; ``__getitems__`` is used when
     present; `Tensors` wraps aligned tensors), or a ``torch.utils.data.IterableDataset`` that
     splits itself by rank and DataLoader worker and never ends (a stream of webdataset shards,
@@ -55,6 +55,8 @@ Usage (a study's trainer)::
     gradient all-reduce to a later one) — for objectives over the whole
     effective batch (`accum_features`: CLIP's cached-feature accumulation as open_clip_train's
     ``accum_freq``); it returns one dict of losses and the harness does not rescale them.
+    ``before_step(step)`` runs before each optimizer step's forward passes, resumed runs
+    included (e.g. a loss weight that depends on the epoch);
     ``after_step(step)`` runs after each optimizer step (e.g. the logit-scale clamp).
     ``ckpt_every=None``: no checkpoints. Logged: step, lr and the losses, averaged over the
     micro-batches and the ranks, every ``log_every`` steps and at the last (``log_last``);
@@ -542,7 +544,7 @@ class Harness:
 
     def fit(self, step, data, *, steps: int, ckpt_every: int | None, log_every: int = 10,
             order=None, collate=None, after_step=None, group: bool = False,
-            summary: dict | None = None, desc: str | None = None, columns=None,
+            before_step=None, summary: dict | None = None, desc: str | None = None, columns=None,
             log_last: bool = True,
             log_file: str | None = "train_log.csv",
             summary_file: str | None = "train_summary.json") -> dict:
@@ -577,6 +579,8 @@ class Harness:
         kill_at = _kill_at()
         for s in bar:
             micro = [_to_device(next(it), self.device) for _ in range(self.accum)]
+            if before_step is not None:
+                before_step(s)
             if group:
                 losses = self._group_step(step, micro)
             else:
