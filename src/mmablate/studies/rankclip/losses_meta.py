@@ -1,4 +1,4 @@
-"""Names of the decay functions, importable without torch (config validation)."""
+"""Names of the decay functions and loss scales, importable without torch (config validation)."""
 
 DECAY_LABELS = {
     "constant": "constant 1",
@@ -7,3 +7,6 @@ DECAY_LABELS = {
     "exp_neg_k": "exp(-k)",
     "inv_log_k_plus_1": "1/log(k+1)",
 }
+
+# loss.scale: how the ranking term enters the objective (`losses` module docstring)
+SCALES = ("paper", "authors_code")

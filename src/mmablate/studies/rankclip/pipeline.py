@@ -33,6 +33,9 @@ def validate(scfg: dict, where: str) -> None:
     from ...training.schedule import check_warmup
 
     tc, data, ev = scfg["train"], scfg["data"], scfg["eval"]
+    if scfg["loss"].get("scale", "paper") == "authors_code" and tc.get("epochs") == 1:
+        raise ConfigError(f"{where}.loss.scale: authors_code ramps the ranking term by "
+                          f"3·(epoch − 1)/(epochs − 1), which needs train.epochs ≥ 2 (got 1)")
     if (tc.get("steps") is None) == (tc.get("epochs") is None):
         raise ConfigError(f"{where}.train: set exactly one of steps and epochs, the other null "
                           f"(epochs: over the data's sample count)")
@@ -61,6 +64,21 @@ def label(key: str, value, scfg: dict | None = None) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def ablation_notes(scfg: dict, key: str, rows: list) -> list[str]:
+    """What a table must say that its numbers cannot: under ``loss.scale: authors_code`` λ only
+    switches the ranking term on (the authors' ``rankclip/train.py`` gates it on
+    ``lambda1``/``lambda2`` > 0 and never multiplies by them), so the λ > 0 rows of a λ
+    ablation train one objective and are equal by construction, not by a tie."""
+    if key != "loss.rank_weight" or scfg["loss"].get("scale", "paper") != "authors_code":
+        return []
+    on = [r.label for r in rows if r.kind == "variant" and r.value > 0]
+    if len(on) < 2:
+        return []
+    return [f"BY CONSTRUCTION: with loss.scale authors_code, λ only switches the ranking term on "
+            f"(the authors' code never multiplies by it): rows {', '.join(on)} train the same "
+            f"objective; their differences, if any, are run-to-run noise."]
+
+
 def data_dirs(P, scfg: dict) -> tuple[str, str]:
     """(training data root, evaluation data root): the world's output or real dataset roots."""
     data = scfg["data"]
@@ -71,10 +89,15 @@ def data_dirs(P, scfg: dict) -> tuple[str, str]:
 
 
 def train_config(P, scfg: dict) -> tuple[str, dict]:
-    """The CLIP pretraining stage config; λ = 0 makes the decay irrelevant (normalised away)."""
+    """The CLIP pretraining stage config; λ = 0 makes the decay and the scale irrelevant
+    (normalised away). ``loss.scale`` enters the stage config only when it is not the default
+    ``paper``, so the paper-scaled jobs keep the hashes they had before the key existed."""
     loss = dict(scfg["loss"])
+    scale = loss.pop("scale", "paper")
     if loss["rank_weight"] == 0:
         loss["decay"] = None
+    elif scale != "paper":
+        loss["scale"] = scale
     root, _ = data_dirs(P, scfg)
     data = {k: v for k, v in scfg["data"].items() if k not in ("source", "root", "eval_root")}
     cfg = {"model": scfg["model"], "train": scfg["train"], "loss": loss,

@@ -31,6 +31,15 @@ Budget: ``train.steps``, or ``train.epochs`` over the sample count (the shards' 
 ``data.num_samples``): steps = epochs × ⌊samples / effective batch⌋, as the authors' loop
 (``num_batches × epochs`` with ``drop_last``; 64 epochs at batch 128 in their parser).
 
+Loss (``loss`` block): λ = ``rank_weight``, µ = ``decay``, ``scale`` ``paper`` (default) or
+``authors_code`` (`losses` module docstring). ``authors_code`` ramps the term by epoch as the
+authors' loop does (epochs numbered from 1, Jam1ezhang/RankCLIP ``rankclip/main.py``
+``range(start_epoch + 1, epochs + 1)``); the epoch of optimizer step s (from 0) is
+``⌊s / ⌊samples / effective batch⌋⌋ + 1``, the epoch of the harness's data order, and the
+epoch count is ``⌈steps / ⌊samples / effective batch⌋⌉`` (= ``train.epochs`` with an epoch
+budget; with ``train.steps`` a last partial epoch counts). The tiny world: 8,000 pairs at 128
+→ 62 steps an epoch, 250 steps → 5 epochs, ramp 0, 0.75, 1.5, 2, 2 (the 5th: steps 248–249).
+
 AdamW: betas ``train.betas``, eps ``train.eps``, default 0.9/0.98 and 1e-6 (open_clip_train's
 defaults for ViTs); the paper overlay sets the authors' 0.9/0.999 and 1e-8 (RankCLIP
 ``rankclip/parser.py``: ``--beta1 0.9 --beta2 0.999 --eps 1e-8``, ``--weight_decay 0.1``,
@@ -88,6 +97,19 @@ def resolve_steps(tc: dict, n: int, eff: int) -> int:
     if per_epoch < 1:
         raise ConfigError(f"train.epochs: {n} samples make no full batch of {eff}")
     return int(tc["epochs"]) * per_epoch
+
+
+def authors_epochs(steps: int, per_epoch: int) -> int:
+    """The epoch count of the ``authors_code`` ramp: the epochs the loop enters (module
+    docstring); at least 2 (the authors' ramp divides by epochs − 1)."""
+    from ...errors import ConfigError
+
+    epochs = -(-steps // per_epoch)
+    if epochs < 2:
+        raise ConfigError(f"loss.scale authors_code: the ramp 3·(epoch − 1)/(epochs − 1) needs "
+                          f"at least 2 epochs; {steps} steps of {per_epoch} an epoch make "
+                          f"{epochs}")
+    return epochs
 
 
 def training_data(cfg: dict, root, seed: int, train_pp, eval_pp, tok, progress: bool = True):
@@ -154,7 +176,15 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
     steps = resolve_steps(tc, n, eff)
     if tc["warmup"] >= steps > 1:
         raise ConfigError(f"train.warmup: {tc['warmup']} must be below the {steps} steps")
-    loss_fn = RankCLIPLoss(cfg["loss"]["rank_weight"], cfg["loss"]["decay"])
+    lc = cfg["loss"]
+    loss_fn = RankCLIPLoss(lc["rank_weight"], lc["decay"], lc.get("scale", "paper"))
+    before_step = None
+    if loss_fn.scale == "authors_code" and loss_fn.rank_weight > 0:
+        per_epoch = n // eff
+        epochs = authors_epochs(steps, per_epoch)
+
+        def before_step(s):
+            loss_fn.set_epoch(s // per_epoch + 1, epochs)
     cuda = h.device.type == "cuda"
     h.setup(model,
             # fused AdamW is one kernel per step on CUDA (the CPU keeps the reference one)
@@ -172,6 +202,7 @@ def train(cfg: dict, seed: int, world_dir, out, threads: int = 1, stop_after: in
 
     result = h.fit(step, dataset, steps=steps, ckpt_every=tc["ckpt_every"],
                    log_every=tc.get("log_every", 10), group=True, after_step=clamp,
+                   before_step=before_step,
                    desc=f"train seed {seed}",
                    summary=dict(extra, num_samples=n, epochs=round(steps * eff / n, 3)))
     if "stopped_at" in result:
