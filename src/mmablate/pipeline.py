@@ -249,6 +249,9 @@ class Pipeline:
         scfg = self.config["studies"][a.study]
         # a study may label its metrics by scale (e.g. world twins vs the published models)
         labels = mod.metric_labels(scfg, self.scale) if hasattr(mod, "metric_labels") else {}
+        # what the caption must say that the numbers cannot (e.g. rows equal by construction);
+        # the key is written only when there is a note, so other ablations' files stay as they were
+        notes = mod.ablation_notes(scfg, a.key, a.rows) if hasattr(mod, "ablation_notes") else []
         return {
             "study": a.study, "ablation": a.id, "part": a.part, "key": a.key,
             # the scale the numbers come from: a rehearsal runs the paper configuration's code
@@ -261,6 +264,7 @@ class Pipeline:
             "rows": [{"label": r.label, "value": r.value, "is_baseline": r.is_baseline,
                       "config_hash": r.config_hash, "kind": r.kind,
                       "evals": {str(s): p for s, p in sorted(r.evals.items())}} for r in a.rows],
+            **({"notes": notes} if notes else {}),
         }
 
     def ablation(self, name: str) -> Ablation:

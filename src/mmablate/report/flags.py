@@ -14,6 +14,10 @@ Both are detected from the results, not declared:
   metric and every detail (timings aside) on every seed — e.g. two captioners that learnt the
   caption grammar perfectly and wrote byte-identical captions, so everything downstream is
   equal.
+
+Beside these, the ablation's own ``notes`` (declared by the study when it builds the ablation,
+``ablation_notes``: e.g. RankCLIP's λ rows under ``loss.scale: authors_code``, equal by
+construction) come first in the caption: they hold whatever the numbers show.
 """
 from __future__ import annotations
 
@@ -119,7 +123,7 @@ def row_collapses(ab: dict, recs: list[dict], read=_read) -> dict:
 
 def caption_notes(ab: dict, recs: list[dict], read=_read) -> str:
     """The caption's warnings (empty when there is nothing to say)."""
-    notes = []
+    notes = list(ab.get("notes") or [])
     col = row_collapses(ab, recs, read)
     if col:
         notes.append("COLLAPSE: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in col.items())
