@@ -37,20 +37,21 @@ directions of each term are averaged.
       cross = (ListMLE(S, Sᵀ) + ListMLE(Sᵀ, S)) / 32
       loss  = L_CLIP + rank_weight · (cross / B + in / B)          # B: the (gathered) batch
 
-  ListMLE is the µ-free Plackett–Luce NLL summed over positions and averaged over rows, in a
-  form with ``eps = 1e-10`` inside its log (kept here: `plackett_luce`; it adds a penalty on
-  score spreads beyond ≈ 23 nats, reachable once the logit scale grows past ≈ 12 — CLIP starts
-  at 14.3 and may reach 100; its random shuffle only breaks ties and is left out), so the
+  ListMLE is the µ-free Plackett–Luce NLL summed over positions and averaged over rows, so the
   two directions are summed, not averaged: the term is ``rank_weight·2·(L_cross + L_in)/(32·B)``
-  in this module's terms — the authors' 2/32 is the 1/16 of the paper's λ, and their ramp and
-  the further 1/B are what make the term lighter — with µ(k) = ``loss.decay`` (``constant`` is the authors' code, which
-  has no positional decay; kept a separate choice so the decay ablation means the same under
-  both scales). The ramp needs the epoch: `train` sets it before every optimizer step
-  (`RankCLIPLoss.set_epoch`). Its size: 0 in epoch 1; at an initialisation-like batch
-  (B = 128, constant µ: each direction ≈ Σ_k log(B−k+1) ≈ 496.4) the term is
-  rank_weight × 0.485, so at most ≈ 0.97 once the ramp reaches 2 (epoch 43 of the authors'
-  64) — 19× lighter than the paper's 18.4 then, and 0 for the whole first epoch (measured at
-  ramp 2, constant µ: 0.97–0.99 on the fresh RN50, 1.05 on the fresh world CLIP).
+  in this module's terms. The authors' 2/32 is the 1/16 of the paper's λ; their ramp and the
+  further 1/B are what make the term lighter. Their ListMLE also puts ``eps = 1e-10`` inside
+  its log, kept here (`plackett_luce`): it penalises score spreads beyond ≈ 23 nats, possible
+  once the logit scale exceeds ≈ 11.5 (a spread is at most twice it; CLIP starts at 14.3 and
+  may reach 100). Its random shuffle only breaks ties and is left out. µ(k) = ``loss.decay``:
+  ``constant`` is the authors' code, which has no positional decay; it stays a separate
+  choice so the decay ablation means the same under both scales. The ramp needs the epoch:
+  `train` sets it before every optimizer step (`RankCLIPLoss.set_epoch`). Its size: 0 in
+  epoch 1; at an initialisation-like batch (B = 128, constant µ: each direction ≈
+  Σ_k log(B−k+1) ≈ 496.4) the term is rank_weight × 0.485, so at most ≈ 0.97 once the ramp
+  reaches 2 (epoch 43 of the authors' 64) — 19× lighter than the paper's 18.4 then, and 0 for
+  the whole first epoch (measured at ramp 2, constant µ: 0.97–0.99 on the fresh RN50, 1.05 on
+  the fresh world CLIP).
   **λ does not multiply this term**: the authors gate each part on ``options.lambda1 > 0``
   (in-modal) and ``options.lambda2 > 0`` (cross-modal) and never multiply by them (their
   ``parser.py`` does not even define the two options). Here one λ = ``loss.rank_weight``
@@ -61,8 +62,8 @@ directions of each term are averaged.
 Which logarithm µ(k) = 1/log(k+1) takes is not settled by a source read for this project: the
 plan (config/plans/003_*.txt) quotes the paper as "µ = 1/log(k + 1)" with no base (the paper's
 full text was not readable where this was checked), and the authors' code has no µ at all. This
-module uses the natural logarithm (``torch.log``). With log₂ every µ(k) is ln 2 ≈ 0.69 times smaller (the term at initialisation
-≈ 12.8 instead of 18.4 at B = 128, λ = 1/16).
+module uses the natural logarithm (``torch.log``). With log₂ every µ(k) would be ln 2 ≈ 0.69
+times as large (the term at initialisation ≈ 12.8 instead of 18.4 at B = 128, λ = 1/16).
 """
 from __future__ import annotations
 
