@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util import write_atomic
+
 SEED = 20261202
 N_SHARDS, ROWS_PER_SHARD, ROW_GROUP = 3, 40, 16
 IMAGE_SIZES = [(48, 48), (64, 48), (40, 56)]  # (w, h): Pick-a-Pic mixes sizes and aspect ratios
@@ -125,9 +127,8 @@ def write_pickapic(out_dir, n_shards: int = N_SHARDS, rows: int = ROWS_PER_SHARD
             cols["__index_level_0__"].append(g)
         table = pa.Table.from_pydict(cols, schema=pickapic_schema())
         f = out_dir / f"train-{k:05d}-of-{n_shards:05d}.parquet"
-        tmp = f.with_suffix(".tmp")
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        tmp.replace(f)
+        with write_atomic(f) as tmp:
+            pq.write_table(table, tmp, row_group_size=row_group_size)
         files.append(f)
     return files
 

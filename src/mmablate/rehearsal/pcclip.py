@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..util import write_atomic
+
 N_TRAIN_IMAGES = 24
 N_VAL_IMAGES = 24
 N_EVAL_PAIRS = 8
@@ -203,9 +205,8 @@ def write_base_clip(out) -> dict:
             "model_cfg": VITL14_MINI,
             "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
                                "std": [0.26862954, 0.26130258, 0.27577711]}}, indent=2))
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
+        with write_atomic(ckpt) as tmp:
+            torch.save(model.state_dict(), tmp)
     return {"checkpoint": str(ckpt)}
 
 

@@ -101,6 +101,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..util import write_atomic
+
 HARNESS_KEYS = ("effective_batch", "grad_checkpointing", "bf16", "num_workers", "max_grad_norm")
 
 
@@ -497,11 +499,8 @@ class Harness:
         import torch
 
         if self.is_main:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
+            with write_atomic(path) as tmp:
+                torch.save(obj, tmp)
         self.barrier()
 
     # -- the loop ---------------------------------------------------------------------------

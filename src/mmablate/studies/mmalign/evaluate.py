@@ -34,6 +34,7 @@ from .data import (POPE_SPLITS, load_coco_instances, load_gqa, load_llavaw, load
                    load_mmvet, load_pope, load_textvqa)
 from .protocols import (SHORT_ANSWER, gqa_correct, gqa_prediction, pope_parse, pope_scores,
                         textvqa_accuracy)
+from ...util import write_atomic
 
 BENCHMARKS = ("pope", "mmhal", "llavaw", "mmvet", "vqat", "gqa", "recall_coco")
 # the metrics each benchmark job writes
@@ -238,11 +239,9 @@ def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1, answ
     if answers is None:
         answers = answer_all(model, proc, bench, ecfg)
         if key is not None:
-            Path(answers_file).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{answers_file}.tmp")
-            tmp.write_text(json.dumps({"key": key, "answers": [[i, q, a] for (i, q), a
-                                                               in answers.items()]}))
-            tmp.replace(answers_file)
+            with write_atomic(answers_file) as tmp:
+                tmp.write_text(json.dumps({"key": key, "answers": [[i, q, a] for (i, q), a
+                                                                   in answers.items()]}))
     m, detail = score(bench, answers, judge)
     detail["wall_s"] = round(time.time() - t0, 2)
     detail["examples"] = {k: [{"q": r["question"], "a": answers[(r["image"], r["question"])]}

@@ -18,6 +18,7 @@ from ...errors import ConfigError, DataError
 from ...world.scenes import COLOURS, GLYPHS, NUMBER_WORDS, POSITIONS, SHAPES
 from ...world.vqa import _MENTION, mentions, mmhal_score, split_sentences
 from ...world.vqa import judge as oracle_judge
+from ...util import write_atomic
 
 _KEYS = {"colour": set(COLOURS), "shape": set(SHAPES), "position": set(POSITIONS),
          "number": set(NUMBER_WORDS), "letter": {g.lower() for g in GLYPHS}}
@@ -243,10 +244,8 @@ class JudgeClient:
         if validate is not None:
             validate(reply)
         if f is not None:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"request": body, "reply": reply}))
-            tmp.replace(f)
+            with write_atomic(f) as tmp:  # concurrent jobs share the cache: one temporary each
+                tmp.write_text(json.dumps({"request": body, "reply": reply}))
         return reply
 
     def ask_many(self, requests: list[dict], desc: str = "judge") -> list[str]:

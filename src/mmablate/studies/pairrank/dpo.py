@@ -5,7 +5,6 @@ training loop. The objective (shared noise and timestep, the adapters-off refere
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .losses import adapters_off, dpo_loss, dpo_step_losses, per_sample_mse  # noqa: F401 (re-exported)
+from ...util import write_atomic
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -187,13 +187,11 @@ def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
         if got != meta["rows"]:
             raise DataError(f"{files[i]}: the selected rows did not stream back in order")
         for s in "wl":
-            tmp = cache_dir / f"{meta['key']}-{s}.tmp.npy"
-            np.save(tmp, np.concatenate(out[s]))
-            os.replace(tmp, cache_dir / f"{meta['key']}-{s}.npy")
-        (cache_dir / f"{meta['key']}.json.tmp").write_text(json.dumps(
-            {**meta, "captions": caps, "model": model_key, "source": str(files[i]),
-             "channels_last": bool(cl)}))
-        os.replace(cache_dir / f"{meta['key']}.json.tmp", cache_dir / f"{meta['key']}.json")
+            with write_atomic(cache_dir / f"{meta['key']}-{s}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, np.concatenate(out[s]))
+        with write_atomic(cache_dir / f"{meta['key']}.json") as tmp:
+            tmp.write_text(json.dumps({**meta, "captions": caps, "model": model_key,
+                                       "source": str(files[i]), "channels_last": bool(cl)}))
     bar.close()
     h.barrier()
     parts = [done(m) for m in todo]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError, DataError
 from ...training.schedule import make_scheduler, set_threads
+from ...util import write_atomic
 
 
 def load_clip(model_cfg: dict, weights: str | None):
@@ -149,10 +150,8 @@ def embed_pairs(cfg: dict, base: str | None, out, threads: int = 1, progress: bo
     out_obj = {"a": rows_of(train, "image_a"), "b": rows_of(train, "image_b"),
                "eval_a": rows_of(ev, "image_a"), "eval_b": rows_of(ev, "image_b"),
                "n": len(train), "n_eval": len(ev), "pairs": cfg["pairs"]}  # on the CPU: loads anywhere
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(out) + ".tmp")
-    torch.save(out_obj, tmp)
-    tmp.replace(out)
+    with write_atomic(out) as tmp:
+        torch.save(out_obj, tmp)
     return {"n": len(train), "n_eval": len(ev), "images": len(paths), "dim": int(emb.shape[1]),
             "device": str(torch_device()), "wall_s": round(time.time() - t0, 2)}
 
