@@ -4,7 +4,7 @@ rule rankclip_train:
         cfg=stage_input("rankclip_train"),
         src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py", "models",
                     "data/imagetext.py", "data/shards.py", "training",
-                    "studies/rankclip/losses_meta.py", "world/scenes.py"),
+                    "world/scenes.py"),
     output:
         f"{R}/rankclip/train/{{h}}/s{{seed}}/model.pt",
     log:
