@@ -16,7 +16,7 @@
 * When a rank fails, the whole job stops (torchrun terminates the others) and ``launch`` exits 1,
   naming the rank that failed first, its exit code or signal and its log file.
 
-Multi-node jobs are out of scope: one job is one node (DESIGN.md, "A job is one node"); on SLURM
+Multi-node jobs are out of scope: one job is one node (docs/slurm.md, "Multi-GPU jobs"); on SLURM
 the job asks for N GPUs on one node.
 """
 from __future__ import annotations

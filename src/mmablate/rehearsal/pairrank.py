@@ -214,8 +214,8 @@ def sd_pipeline(out_dir, text_width: int = 32, max_length: int = 77, seed: int =
                         block_out_channels=tuple(vae_widths), layers_per_block=1,
                         sample_size=latent_size * 2 ** (len(vae_widths) - 1),
                         scaling_factor=0.18215)
-    # cross-attention only at the lower resolution (PITFALLS: full-resolution attention is ~6×
-    # slower); 8 groups divide every width
+    # cross-attention only at the lower resolution (attention at full resolution makes a tiny
+    # UNet ~6× slower); 8 groups divide every width (norm_num_groups must divide each)
     unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4,
                                 layers_per_block=1, block_out_channels=tuple(unet_widths),
                                 cross_attention_dim=text_width,

@@ -89,7 +89,7 @@ torch's global RNG; ``accelerator.backward`` divides by 1).
 Launching: ``python -m mmablate launch --nproc N -- <subcommand ...>`` (`mmablate.launch`)
 starts N processes with ``torchrun``; the harness reads torchrun's ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK`` through ``accelerate`` (CUDA → NCCL; the CPU → gloo, ``DistributedType.MULTI_CPU``).
-Multi-node jobs are out of scope: one job is one node (see DESIGN.md).
+Multi-node jobs are out of scope: one job is one node (docs/slurm.md, "Multi-GPU jobs").
 """
 from __future__ import annotations
 
