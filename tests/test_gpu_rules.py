@@ -2,7 +2,7 @@
 rules ran on cuda:0 because only rankclip-train claimed), read from the workflow itself."""
 import pytest
 
-from mmablate import jobs
+from mmablate import cli, jobs
 
 from .conftest import copy_workflow
 
@@ -16,7 +16,7 @@ def rules(tmp_path_factory):
 
 
 def test_gpu_rules_equal_gpu_claiming_commands(rules):
-    assert jobs.gpu_drift(rules) == []
+    assert jobs.gpu_drift(rules, cli.gpu_subcommands()) == []
     gpu = {r.name for r in rules if "gpu" in r.resources}
     # every stage that trains, embeds, scores, captions, samples or evaluates with a model
     assert {"rankclip_train", "pcclip_captioner", "pcclip_captions", "pcclip_embed",
@@ -24,7 +24,7 @@ def test_gpu_rules_equal_gpu_claiming_commands(rules):
             "pairrank_score", "pairrank_dpo", "pairrank_eval", "mmalign_sft", "mmalign_bdhs",
             "mmalign_dpo", "mmalign_eval"} <= gpu
     assert not gpu & {"world", "pcclip_pairs", "pairrank_select", "collect", "table"}
-    claim = jobs.gpu_subcommands()
+    claim = cli.gpu_subcommands()
     for r in rules:  # and the other way round, spelled out
         cmds = jobs.mmablate_commands(r.shellcmd)
         if cmds:
@@ -40,19 +40,18 @@ def test_drift_in_a_rule_is_caught(tmp_path):
     cut = text[block:end].replace("        gpu=GPU,\n", "", 1)
     assert cut != text[block:end]
     smk.write_text(text[:block] + cut + text[end:])
-    msgs = jobs.gpu_drift(jobs.load_rules(d, SMOKE))
+    msgs = jobs.gpu_drift(jobs.load_rules(d, SMOKE), cli.gpu_subcommands())
     assert len(msgs) == 1 and "rule pairrank_score" in msgs[0] and "claims a GPU" in msgs[0], msgs
 
 
-def test_drift_in_a_command_is_caught(monkeypatch):
+def test_drift_in_a_command_is_caught():
     rule = jobs.RuleInfo("pcclip_embed", {"gpu": 1}, "python -m mmablate pcclip-embed --config x",
                          0, False)
-    assert jobs.gpu_drift([rule]) == []
-    monkeypatch.setattr(jobs, "gpu_subcommands", lambda: {"rankclip-train"})
-    msgs = jobs.gpu_drift([rule])
+    assert jobs.gpu_drift([rule], cli.gpu_subcommands()) == []
+    msgs = jobs.gpu_drift([rule], {"rankclip-train"})
     assert len(msgs) == 1 and "`pcclip-embed` does not claim" in msgs[0]
     gpu_less = jobs.RuleInfo("x", {"gpu": 0}, "echo no model here", 0, False)
-    assert "runs no `python -m mmablate`" in jobs.gpu_drift([gpu_less])[0]
+    assert "runs no `python -m mmablate`" in jobs.gpu_drift([gpu_less], set())[0]
 
 
 def test_launched_commands_are_the_stage():
@@ -62,8 +61,9 @@ def test_launched_commands_are_the_stage():
     assert jobs.mmablate_commands("python -m mmablate table --md x") == ["table"]
     assert jobs.mmablate_commands("echo hi") == []
     r = jobs.RuleInfo("rankclip_train", {"gpu": 2}, cmd.replace("{resources.gpu}", "2"), 0, False)
-    assert "without --nproc {resources.gpu}" in jobs.gpu_drift([r])[0]
-    assert jobs.gpu_drift([jobs.RuleInfo("rankclip_train", {"gpu": 2}, cmd, 0, False)]) == []
+    claim = cli.gpu_subcommands()
+    assert "without --nproc {resources.gpu}" in jobs.gpu_drift([r], claim)[0]
+    assert jobs.gpu_drift([jobs.RuleInfo("rankclip_train", {"gpu": 2}, cmd, 0, False)], claim) == []
 
 
 def test_local_slots_follow_the_machine():

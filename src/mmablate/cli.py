@@ -176,6 +176,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def subcommands() -> dict:
+    """name → the subcommand's parser (its defaults: `fn`, the function it runs; `gpu`)."""
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def gpu_subcommands() -> set:
+    """Subcommands marked as GPU stages (``set_defaults(gpu=True)``): `main` claims a GPU."""
+    return {name for name, p in subcommands().items() if p.get_default("gpu")}
+
+
 def cmd_rehearsal_assets(a):
     import json
 
@@ -232,9 +243,12 @@ def cmd_slurm_check(a):
 
 
 def cmd_launch(a):
-    from .launch import main as launch_main
+    from .launch import run_distributed, subcommand_argv
 
-    return launch_main(a)
+    argv = subcommand_argv(a)
+    if a.nproc <= 1:  # in this process, exactly as `python -m mmablate <subcommand>`
+        return main(argv)
+    return run_distributed(argv, a.nproc, a.log_dir)
 
 
 def cmd_cost(a):

@@ -73,10 +73,9 @@ def closure(modules) -> set[str]:
 
 def command_function(command: str):
     """The function `python -m mmablate <command>` runs."""
-    from .cli import parser
+    from .cli import subcommands
 
-    sub = next(a for a in parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    return sub.choices[command].get_default("fn")
+    return subcommands()[command].get_default("fn")
 
 
 def command_sources(command: str) -> list[str]:

@@ -11,7 +11,9 @@ the commands that claim a GPU, and a profile's per-rule SLURM requests.
   profile's ``set-threads`` is what the job gets.
 * GPU rules ⇔ GPU-claiming commands (`load_rules`, `gpu_drift`): a rule that declares
   ``resources: gpu`` must run a ``python -m mmablate`` subcommand marked ``gpu=True`` (cli.main
-  then claims a free GPU, mmablate.gpu), and only those rules may run one.
+  then claims a free GPU, mmablate.gpu), and only those rules may run one. The marked
+  subcommands come from the command line (`mmablate.cli.gpu_subcommands`), which imports this
+  module, never the other way round.
 * `profile_requests`: each rule's SLURM request as a profile sizes it, for
   ``python -m mmablate slurm-check`` (mmablate.slurm_check).
 """
@@ -116,19 +118,9 @@ def mmablate_commands(shellcmd: str | None) -> list:
     return out
 
 
-def gpu_subcommands() -> set:
-    """Subcommands marked as GPU stages (``set_defaults(gpu=True)``): cli.main claims a GPU."""
-    import argparse
-
-    from .cli import parser
-
-    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {name for name, p in sub.choices.items() if p.get_default("gpu")}
-
-
-def gpu_drift(rules) -> list:
-    """Messages for every rule whose `gpu` resource and command disagree (empty: consistent)."""
-    claim = gpu_subcommands()
+def gpu_drift(rules, claim: set) -> list:
+    """Messages for every rule whose `gpu` resource and command disagree (empty: consistent);
+    `claim`: the subcommands that claim a GPU (`mmablate.cli.gpu_subcommands()`)."""
     out = []
     for r in rules:
         cmds = mmablate_commands(r.shellcmd)
