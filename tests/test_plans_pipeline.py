@@ -61,17 +61,6 @@ def test_default_config_round_trip():
     assert ab.part.startswith("Ranking Consistency Loss weight factors (λ")
 
 
-def test_unavailable_studies_are_noted_not_run():
-    P = Pipeline(default_config(), ["config/config.yaml"], write=False)
-    from mmablate.pipeline import STUDIES
-
-    for study in ("pcclip", "pairrank", "mmalign"):
-        if study in STUDIES:
-            continue
-        assert any(f"study {study} is not available in this checkout" in n for n in P.notes)
-        assert not any(a.study == study for a in P.ablations)
-
-
 def test_explicit_ablations_override_plans():
     cfg = only_study(default_config(), "rankclip")
     cfg["studies"]["rankclip"]["ablations"] = [
