@@ -321,18 +321,6 @@ def stage_job(stage: str) -> str:
     return t[:t.index("{h}") + 3] + ("/s{seed}" if "{seed}" in t else "")
 
 
-def sources(*names: str) -> list[str]:
-    """Source files (relative to the repo) that a stage's output depends on."""
-    out = []
-    for n in names:
-        p = SRC / n
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        if not files or not files[0].exists():
-            raise FileNotFoundError(f"stage source {p} not found")
-        out += [str(f.relative_to(REPO)) for f in files]
-    return out
-
-
 # ---- plans ---------------------------------------------------------------------------------
 def plans_dir(config: dict) -> Path:
     """The plans directory: config `plans_dir` (default config/plans), relative to the workflow."""
