@@ -68,10 +68,23 @@ def closure(modules) -> set[str]:
         seen.add(m)
         parts = m.split(".")
         todo += [".".join(parts[:i]) for i in range(2, len(parts))]  # parent packages run too
-        f = module_file(m)
-        if f is not None:
-            todo += imported(ast.parse(f.read_text()), m, f.name == "__init__.py")
+        todo += _module_imports(m)
     return seen
+
+
+@functools.lru_cache(maxsize=None)
+def _module_imports(m: str) -> tuple:
+    """The mmablate modules module `m` imports anywhere (parsed once per process: the rules ask
+    for the closure of every stage's command at parse time)."""
+    f = module_file(m)
+    if f is None:
+        return ()
+    return tuple(sorted(imported(_tree(f), m, f.name == "__init__.py")))
+
+
+@functools.lru_cache(maxsize=None)
+def _tree(path: Path):
+    return ast.parse(path.read_text())
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,7 +129,7 @@ def command_sources(command: str) -> list[str]:
 def _helpers(fn) -> list:
     """The top-level functions of `fn`'s module that `fn` calls or names, transitively (a
     study's `cmd_eval` builds its judge in `_judge`, whose lazy imports are the stage's too)."""
-    tree = ast.parse(Path(inspect.getsourcefile(fn)).read_text())
+    tree = _tree(module_file(fn.__module__))
     defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     seen, todo = [], [defs[fn.__name__]] if fn.__name__ in defs else []
     while todo:
@@ -142,7 +155,7 @@ def stage_sources(command: str) -> list[str]:
     start = set()
     for node in _helpers(fn):
         start |= imported(node, mod, False)
-    start |= imported(ast.parse(f.read_text()), mod, f.name == "__init__.py", top_only=True)
+    start |= imported(_tree(f), mod, f.name == "__init__.py", top_only=True)
     files = {module_file(m) for m in closure(start)} | {f}
     files.discard(None)
     rel = {p.relative_to(SRC) for p in files}
