@@ -1,10 +1,9 @@
 """One description per study (mmablate.studies.spec): the plan registry, each study's pipeline
-facts, the list of studies, the stage outputs and the rules cannot disagree with it."""
-import re
-
+facts, the list of studies and the stage outputs cannot disagree with it (the rules' outputs are
+`Pipeline.output_pattern`: tests/test_rules_from_python.py)."""
 import pytest
 
-from .conftest import REPO, STUDY_IDS
+from .conftest import STUDY_IDS
 from mmablate.pipeline import STUDIES, Pipeline, stage_outputs, study_module
 from mmablate.plans.registry import REGISTRY
 from mmablate.plans.values import Choice, Number
@@ -58,24 +57,6 @@ def test_pcclip_template_captioner_is_plannable():
     ch = REGISTRY["pcclip"].part("captioner").values
     assert ch.parse("template (ground truth captions)") == "template"
     assert ch.parse("LLaMA-2-13B-chat") == "llama2_chat"
-
-
-def _rule_outputs():
-    """rule name → its first output pattern, read from workflow/rules/*.smk."""
-    out = {}
-    for f in (REPO / "workflow/rules").glob("*.smk"):
-        for m in re.finditer(r"^rule (\w+):\n(?:    .*\n|\n)*?    output:\n\s+(?:\w+=)?"
-                             r"(?:report\()?f\"\{R\}/([^\"]+)\"", f.read_text(), re.M):
-            out[m.group(1)] = m.group(2).replace("{{", "{").replace("}}", "}")
-    return out
-
-
-def test_rule_outputs_are_the_described_stage_outputs():
-    rules = _rule_outputs()
-    outs = stage_outputs()
-    assert set(outs) <= set(rules), set(outs) - set(rules)
-    for stage, t in outs.items():
-        assert rules[stage] == t, (stage, rules[stage], t)
 
 
 def test_stage_outputs_round_trip(smoke_config):

@@ -185,9 +185,11 @@ class Pipeline:
             raise ValueError(f"{stage}: seed {seed!r} for output template {t!r}")
         return f"{self.results}/" + t.format(h=h, seed=seed)
 
-    def output_pattern(self, stage: str) -> str:
-        """The rule's output pattern of `stage`, with the {h} (and {seed}) wildcards."""
-        return f"{self.results}/" + stage_outputs()[stage]
+    def output_pattern(self, stage: str, name: str | None = None) -> str:
+        """The rule's output pattern of `stage`, with the {h} (and {seed}) wildcards; with
+        `name`, that of another file the job writes beside its main output."""
+        t = stage_outputs()[stage]
+        return f"{self.results}/" + (t if name is None else f"{t.rpartition('/')[0]}/{name}")
 
     def job_of(self, path: str):
         """(stage, hash, seed or None) of the job whose main output is `path`, else None."""
@@ -303,24 +305,20 @@ WORLD_OUTPUTS = {"world": "world/{h}/summary.json"}
 
 def stage_outputs() -> dict:
     """stage → its job's main output relative to the results dir: the shared world's and each
-    available study's `stages` (mmablate.studies.spec; the rules' `output:` restate them, a
-    test checks)."""
+    available study's `stages` (mmablate.studies.spec; the rules' `output:` is
+    `Pipeline.output_pattern`)."""
     out = dict(WORLD_OUTPUTS)
     for study in STUDIES:
         out.update(STUDY_SPECS[study].stages)
     return out
 
 
-def sources(*names: str) -> list[str]:
-    """Source files (relative to the repo) that a stage's output depends on."""
-    out = []
-    for n in names:
-        p = SRC / n
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        if not files or not files[0].exists():
-            raise FileNotFoundError(f"stage source {p} not found")
-        out += [str(f.relative_to(REPO)) for f in files]
-    return out
+def stage_job(stage: str) -> str:
+    """The name of a job of `stage` with its wildcards, `<study>/<name>/{h}` (and `/s{seed}`
+    where per seed): its log is `logs/<this>.log`, its benchmark
+    `<results>/benchmarks/<this>.tsv` (workflow/rules/common.smk)."""
+    t = stage_outputs()[stage]
+    return t[:t.index("{h}") + 3] + ("/s{seed}" if "{seed}" in t else "")
 
 
 # ---- plans ---------------------------------------------------------------------------------
