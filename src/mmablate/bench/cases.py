@@ -240,7 +240,7 @@ def case_pcclip(study: dict, sz: dict, steps: int, bf16: bool, threads, smoke: b
         h.setup({"model": F._towers(model, True), "combine": combine},
                 lambda m: F.make_optimizer_for(fc, m["model"].clip, m["combine"].parameters(),
                                                trainable),
-                F.make_schedule_for(fc, WARMUP_STEPS + steps, 1))
+                F.make_schedule_for(fc, WARMUP_STEPS + steps, WARMUP_STEPS + steps))
         clock = _fit(h, F.make_step(h, loss_fn, model.logit_scale), data, steps, group=True)
     r = Result("pcclip", f"open_clip {mcfg['arch']} text finetune ({fc['trainable']}, "
                f"{fc['combine']}, {fc['loss']}), cached image embeddings", B, clock.median,
