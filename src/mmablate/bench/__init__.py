@@ -37,7 +37,8 @@ DEFAULT_CONFIG = ["config/config.yaml", "config/scales/paper.yaml"]
 def add_arguments(p):
     p.add_argument("--size", choices=["smoke", "paper"], default="paper",
                    help="paper: the real shapes (a GPU); smoke: tiny dims that run on a CPU")
-    p.add_argument("--cases", default="rankclip,pcclip,pairrank,mmalign")
+    p.add_argument("--cases", default="rankclip,pcclip,pairrank,mmalign",
+                   help="comma-separated cases (default: all four)")
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps (after a warm-up step and a FLOP-counted step)")
     p.add_argument("--batch", type=int, default=None, help="override every case's batch size")
