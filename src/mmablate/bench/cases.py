@@ -93,7 +93,9 @@ def _clip_cfg(model_cfg: dict, smoke: bool) -> dict:
     """The open_clip model block the study builds (`models.clip.build_for_training`): the paper
     config's architecture without pretrained weights, or the tiny smoke CLIP."""
     if smoke:
-        return {"arch": "bench-clip-tiny", "cfg": TINY_CLIP, "tokenizer": "world"}
+        import copy
+
+        return {"arch": "bench-clip-tiny", "cfg": copy.deepcopy(TINY_CLIP), "tokenizer": "world"}
     return {"arch": model_cfg["arch"], "pretrained": None, "tokenizer": "open_clip", "cfg": None}
 
 
