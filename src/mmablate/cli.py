@@ -129,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
     from .bench import add_arguments as bench_args
 
-    s = sub.add_parser("bench", help="time one training step of each study's paper-scale model")
+    s = sub.add_parser("bench", help="time training steps of each study's own trainer at paper shapes")
     bench_args(s)
     s.set_defaults(fn=cmd_bench)
 
