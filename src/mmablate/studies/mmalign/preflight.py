@@ -245,7 +245,7 @@ def check_inputs(block: dict, where: str) -> None:
 
 
 # ---- at job time ------------------------------------------------------------------------------
-def check_judge(jcfg: dict, where: str = "studies.mmalign.judge", timeout: float = 10.0,
+def check_judge(jcfg: dict, where: str = "studies.mmalign.judge.bench", timeout: float = 10.0,
                 tries: int = 3, wait_s: float = 1.0) -> None:
     """The judge endpoint answers (``GET <endpoint>/models``), checked at the start of a job that
     needs it, before its model loads: a judge that is down is a `JudgeError` naming the endpoint
