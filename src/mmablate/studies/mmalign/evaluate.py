@@ -9,6 +9,9 @@ by its own protocol (`protocols`, which cites the benchmarks' evaluation code).
 * LLaVA-W: LLaVA-Bench's rule (reference and model answer rated 1–10 in one judge request),
   ``llavaw`` = 100 · mean(model) / mean(reference).
 * MM-Vet: MM-Vet's grader prompt, 0–1 per question, in %.
+* The endpoint judge's replies that do not read are scored as each benchmark's script scores
+  them and counted: ``judge_unparsed_mmhal``, ``judge_unparsed_llavaw``, ``judge_unparsed_mmvet``
+  (the world oracle reads nothing: no such metric at tiny scale).
 * VQA-T (TextVQA): LLaVA's short-answer instruction; VQA accuracy over the 10 human answers
   with EvalAI's normalisation (m4c_evaluator).
 * GQA: LLaVA's short-answer instruction; exact match after LLaVA's conversion.

@@ -16,8 +16,9 @@ dotted config key and the file, e.g.
 The world scales (``data.source: world``) read no such files: the check returns at once.
 
 What is not cheap fails at job time naming the file or the endpoint: a judge that is down
-(`check_judge`, before the model loads) or answers what its benchmark's parser does not read
-(`protocols.parse_*`: the benchmark and the question), an image that does not decode.
+(`check_judge` for each role the job needs, before the model loads) or answers what its
+benchmark's script does not read more often than ``judge.bench.max_unparsed`` (the benchmark
+and the count; `judge.EndpointJudge`), an image that does not decode.
 """
 from __future__ import annotations
 
