@@ -42,6 +42,7 @@ from ...util import write_atomic
 BENCHMARKS = ("pope", "mmhal", "llavaw", "mmvet", "vqat", "gqa", "recall_coco")
 # the metrics each benchmark job writes
 # (the mmhal job also writes mmhal_<type> / mmhalv_<type> for each question type it holds)
+# (with the endpoint judge, mmhal, llavaw and mmvet also write judge_unparsed_<benchmark>)
 BENCH_METRICS = {"pope": ("pope", "pope_acc", "pope_yes_ratio"), "mmhal": ("mmhal", "mmhalv"),
                  "llavaw": ("llavaw",), "mmvet": ("mmvet",), "vqat": ("vqat",), "gqa": ("gqa",),
                  "recall_coco": ("recall_coco", "desc_words", "desc_empty")}
