@@ -42,8 +42,13 @@ def dataset_name(scfg: dict, scale: str) -> str:
     if scfg["data"]["source"] == "world":
         return ("the synthetic world (world versions of POPE, MMHal, LLaVA-W, MM-Vet, TextVQA, "
                 "GQA, COCO recall; oracle judge)")
-    return "POPE, MMHal-Bench, LLaVA-Bench-in-the-wild, MM-Vet, TextVQA, GQA, COCO (judge: " \
-           f"{scfg['judge'].get('model')})"
+    from .judge import bench_settings
+
+    j = scfg["judge"]
+    bench = ", ".join(f"{b} {bench_settings(j['bench'], b)['model']}"
+                      for b in ("mmhal", "llavaw", "mmvet"))
+    return "POPE, MMHal-Bench, LLaVA-Bench-in-the-wild, MM-Vet, TextVQA, GQA, COCO (judges: " \
+           f"online pairs {j['rank'].get('model')}; {bench})"
 
 
 def check_value(key: str, value) -> None:
@@ -61,17 +66,9 @@ def validate(scfg: dict, where: str) -> None:
             raise ConfigError(f"{where}.bdhs.{k}: must be a number in [0, 1], got {v!r}")
     if not isinstance(scfg["bdhs"].get("max_tries"), int) or scfg["bdhs"]["max_tries"] < 1:
         raise ConfigError(f"{where}.bdhs.max_tries: must be an integer ≥ 1")
-    j = scfg["judge"]
-    if j.get("kind") not in ("oracle", "endpoint"):
-        raise ConfigError(f"{where}.judge.kind: {j.get('kind')!r}; known: oracle (world), endpoint")
-    if j["kind"] == "oracle" and scfg["data"]["source"] != "world":
-        raise ConfigError(f"{where}.judge.kind: the oracle judge only knows the synthetic world; "
-                          f"with real data set judge.kind: endpoint")
-    if j["kind"] == "endpoint" and not j.get("endpoint"):
-        raise ConfigError(f"{where}.judge.endpoint: the judged metrics (MMHAL, MMHALv, LLaVA-W, "
-                          f"MM-Vet) and the online-pair judge of Mixed-DPO need an "
-                          f"OpenAI-compatible judge endpoint (e.g. http://host:8000/v1 serving "
-                          f"{j.get('model') or 'the judge model'}); none is set")
+    from .judge import check_config
+
+    check_config(scfg["judge"], f"{where}.judge", scfg["data"]["source"])
     if scfg["eval"].get("jobs", "per_model") not in ("per_model", "per_benchmark"):
         raise ConfigError(f"{where}.eval.jobs: {scfg['eval']['jobs']!r}; known: per_model (all "
                           f"benchmarks of a model in one job), per_benchmark (one job each)")
