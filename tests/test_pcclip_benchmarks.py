@@ -200,7 +200,7 @@ def test_run_on_stand_ins(roots):
            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2,
                         "layers": 1}}
     model = open_clip.model.CLIP(**cfg).eval()
-    _, pre = open_clip.image_transform(32, is_train=False), open_clip.image_transform(32, False)
+    pre = open_clip.image_transform(32, is_train=False)
     tok = open_clip.get_tokenizer("ViT-B-32", context_length=32)
     metrics, chance, extra = B.run(model, tok, Combine("subtract", 16), pre,
                                    {"roots": {k: str(v) for k, v in roots.items()}, "seeds": 2},

@@ -12,7 +12,8 @@ unit image embedding and the unit prompt embedding, on the test split of
 * ``eurosat`` / ``sun397`` — torchvision's EuroSAT (``eurosat/2750/<class>/``) and SUN397
   (``SUN397/ClassName.txt``) with the authors' split (``data/dataset.py`` ``get_dataloaders``):
   ``torch.manual_seed(0)``, ``randperm(n)``, the last 10 % the test set; class names
-  torchvision's ``classes`` as the authors read them (SUN397's are the ``a/abbey`` paths).
+  torchvision's ``classes`` as the authors read them (SUN397's: ``ClassName.txt``'s paths less
+  the letter, e.g. ``apartment_building/outdoor``).
   SUN397's image list is sorted first (torchvision's is ``rglob`` order, which depends on the
   file system: the authors' exact test set cannot be reproduced).
 * ``flowers`` — torchvision's Flowers102 (``flowers-102/jpg``, ``imagelabels.mat``,
@@ -44,10 +45,12 @@ subtraction). Mean over seeds 0…4 (the authors' five), its standard error kept
   classes 2, 7 and yellow 4, 6, 10, 19; the same sampling; the authors' two texts.
 * ``awa2_size`` (``AwA2SizeClassificationDataset``): 100 AwA2 test images (seed 0 for every
   run, as the authors' class ignores the seed), pairs whose classes differ in the size
-  predicate; the authors' two texts. Departures: the authors index predicate column 15
-  (0-based), which in ``predicates.txt`` is ``small``, not ``big`` as their comment says, and
-  index the 50-row predicate matrix with the 10-class test label; here the predicate is named
-  (``size_predicate``, default ``big``) and looked up by the image's own class.
+  predicate; the authors' two texts. Departures: the authors' comments number predicates from 1
+  as ``predicates.txt`` does ("axis 15 is big"; their non-visual list 34 smelly, 38 tunnels, …)
+  but their code indexes the 0-based list, so column 15 is ``small``; and they index the 50-row
+  predicate matrix with the 0–9 test-class label (rows of the first ten of ``classes.txt``,
+  not the image's class). Here the predicate is named (``size_predicate``, default ``big``) and
+  looked up by the image's own class.
 * ``cub`` (``CUBDifferenceClassificationTokens``): the authors' texts are LLaMA-2 differences
   of the CUB captions (``llm_diffs/birds_200_test_filtered.pkl``, neither published nor built by
   any script in the repository), 5,000 random pairs a seed. Here: the first 100 of
@@ -90,11 +93,6 @@ AWA2_SIZE_TEXTS = ("The first image contains an animal that is large, while the 
                    "contains an animal that is large.")
 ATTRIBUTE_TEMPLATE = ("The first image has attributes of {}, while the second image has "
                       "attributes of {}")
-# AwA2 predicates the authors drop from difference texts (not visual), by name
-AWA2_NOT_VISUAL = ("smelly", "tunnels", "fast", "slow", "agility", "fish", "meat", "plankton",
-                   "insects", "forager", "grazer", "hunter", "scavenger", "skimmer", "stalker",
-                   "solitary")
-
 
 def zeroshot_id(name: str) -> str:
     return f"zeroshot_acc_{name}"
