@@ -211,3 +211,14 @@ def test_run_on_stand_ins(roots):
     assert chance["zeroshot_acc_cub"] == 0.5 and chance["diff_acc_cub"] == 50.0
     assert extra["diff_pairs"]["flowers_color"] == [72, 72]
     assert extra["benchmark_sizes"]["cifar100"] == 116
+
+
+def test_cost_counts_the_benchmarks():
+    from mmablate.cost.stages import BENCH_CLASSES, _pcclip_bench_work
+
+    mb = {"arch": "ViT-L-14"}
+    img, txt = _pcclip_bench_work(mb, {"roots": {}, "zeroshot": ["cifar10", "cub"],
+                                       "difference": ["cub"], "seeds": 5})
+    assert img.samples == 10_000 + 5_794 + 1 * 5 * 100
+    assert txt.samples == 5 * 4_950 + 10 + 200
+    assert set(BENCH_CLASSES) == set(B.ZEROSHOT)
