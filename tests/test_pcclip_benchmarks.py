@@ -222,3 +222,14 @@ def test_cost_counts_the_benchmarks():
     assert img.samples == 10_000 + 5_794 + 1 * 5 * 100
     assert txt.samples == 5 * 4_950 + 10 + 200
     assert set(BENCH_CLASSES) == set(B.ZEROSHOT)
+
+
+def test_datasets_load_in_spawned_workers(roots):
+    """The MD5-free torchvision classes unpickle in a fresh process (spawn/forkserver workers)."""
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+
+    ds = B.load("flowers", roots, T.ToTensor())
+    x = next(iter(DataLoader(B._Images(ds, range(4)), batch_size=4, num_workers=1,
+                             multiprocessing_context="spawn")))
+    assert x.shape == (4, 3, 16, 16)

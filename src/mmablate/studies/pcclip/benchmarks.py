@@ -57,7 +57,9 @@ subtraction). Mean over seeds 0…4 (the authors' five), its standard error kept
   ``randperm`` over the test images, every (i < j) of different species, the text written from
   CUB's own class attributes (``attributes/class_attribute_labels_continuous.txt`` ≥
   ``attribute_threshold`` %) with the authors' AwA2 attribute template
-  (``AwA2DifferenceClassificationDataset.gen_attribute_diff_string``).
+  (``AwA2DifferenceClassificationDataset.gen_attribute_diff_string``). The authors read CUB's
+  image embeddings from a file the base model wrote (``data/parse_birds.py``); here every model
+  encodes them (the same for text-only finetunes; a finetuned image tower is its own).
 """
 from __future__ import annotations
 
@@ -135,8 +137,25 @@ def _exists_only(cls):
             with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-    _Exists.__name__ = cls.__name__
-    return _Exists
+    # a module-level name, so DataLoader workers started by spawn/forkserver can unpickle it
+    name = f"_Exists{cls.__name__}"
+    if name not in globals():
+        _Exists.__name__ = _Exists.__qualname__ = name
+        _Exists.__module__ = __name__
+        globals()[name] = _Exists
+    return globals()[name]
+
+
+_WRAPPED = {"_ExistsCIFAR10": "CIFAR10", "_ExistsCIFAR100": "CIFAR100",
+            "_ExistsFlowers102": "Flowers102"}
+
+
+def __getattr__(name):  # the wrapped classes, built on first use (also in a spawned worker)
+    if name in _WRAPPED:
+        import torchvision.datasets as tvd
+
+        return _exists_only(getattr(tvd, _WRAPPED[name]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def authors_split(n: int):
