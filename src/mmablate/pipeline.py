@@ -231,6 +231,8 @@ class Pipeline:
         extra = mod.extra_metrics(scfg) if hasattr(mod, "extra_metrics") else []
         for k, ab in enumerate(self.study_ablations[study]):
             metrics = list(ab["metrics"]) + [m for m in extra if m not in ab["metrics"]]
+            if hasattr(mod, "table_metrics"):  # scale-dependent columns (e.g. one per dataset)
+                metrics = mod.table_metrics(scfg, metrics)
             a = Ablation(study, ab["id"], ab.get("part", ""), ab["key"], metrics)
             base_value = get_path(scfg, ab["key"])
             values = list(ab["values"])

@@ -20,16 +20,45 @@ from pathlib import Path
 from ...errors import ConfigError
 from ...pipeline import SEED
 from ..spec import PCCLIP as SPEC
+from . import benchmarks as _bench
 
 TITLE = SPEC.caption
 ABLATABLE = SPEC.ablatable
 OUTPUTS = SPEC.stages
-METRICS = SPEC.metric_records
+# the plan's metrics and, where eval.benchmarks is set, one column per dataset (benchmarks.py)
+METRICS = {**SPEC.metric_records, **_bench.metric_records()}
 VALUES = {p.key: SPEC.labels(p.key) for p in SPEC.parts}  # part key → value → label
 
 
 def dataset_name(scfg: dict, scale: str) -> str:
     return scfg["eval"]["dataset_name"]
+
+
+def table_metrics(scfg: dict, metrics: list) -> list:
+    """With ``eval.benchmarks`` (paper scale), a plan's difference-based and zero-shot
+    classification become one column per dataset of the authors' (each column naming it),
+    followed by the COCO-pair / ImageNet-1K column they replace; without it the list is
+    unchanged (the world)."""
+    b = scfg["eval"].get("benchmarks")
+    if not b:
+        return metrics
+    expand = {"diff_acc": [_bench.diff_id(t) for t in b.get("difference", _bench.DIFFERENCE)],
+              "zeroshot_acc": [_bench.zeroshot_id(n) for n in b.get("zeroshot", _bench.ZEROSHOT)]}
+    out = []
+    for m in metrics:
+        out += [x for x in expand.get(m, []) + [m] if x not in out]
+    return out
+
+
+def metric_labels(scfg: dict, scale: str) -> dict:
+    """With the authors' benchmarks beside them, the project's own columns name their data."""
+    if not scfg["eval"].get("benchmarks"):
+        return {}
+    rec = SPEC.metric_records
+    coco = {m: f"{rec[m]['label']} (COCO pairs)"
+            for m in ("diff_acc", "diff_mc_acc", "clipscore", "arithmetic_acc")}
+    zs = scfg["eval"].get("zeroshot_name", "ImageNet-1K")
+    return {**coco, "zeroshot_acc": f"{rec['zeroshot_acc']['label']} ({zs})"}
 
 
 def check_value(key: str, value) -> None:
@@ -62,6 +91,14 @@ def validate(scfg: dict, where: str) -> None:
     if ev.get("class_source", "files") == "files" and "classnames" not in ev:
         raise ConfigError(f"{where}.eval.classnames: required with eval.class_source files (or "
                           f"class_source: imagenet1k for ImageNet-1K val)")
+    b = ev.get("benchmarks")
+    if b:
+        need = list(b.get("zeroshot", _bench.ZEROSHOT)) + [
+            _bench.DIFF_DATASET[t] for t in b.get("difference", _bench.DIFFERENCE)]
+        for name in dict.fromkeys(need):
+            if not (b.get("roots") or {}).get(name):
+                raise ConfigError(f"{where}.eval.benchmarks.roots.{name}: no dataset root (needed "
+                                  f"by eval.benchmarks' zeroshot/difference lists)")
     pairs = scfg["pairs"]
     if pairs["source"] == "coco":
         for k in ("captions_json", "eval_csv"):
