@@ -476,7 +476,10 @@ def _start(conn, lsock, children, hello) -> int | None:
     """Answer one client: fork its worker (its pid), or tell it why not (None)."""
     conn.settimeout(30)
     _send(conn, hello)
-    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 3)
+    msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 3)
+    if not msg and not fds:  # it read the identity and left: not this server's kind of client
+        raise ConnectionError("a client left before its request (another Python or source tree "
+                              "than the server's?); it runs its command itself")
     if len(fds) != 3:
         raise ConnectionError("expected the client's stdin, stdout and stderr")
     req = _recv(conn)
