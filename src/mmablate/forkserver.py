@@ -412,7 +412,7 @@ def _client_gone(pid, children, gone) -> None:
     except OSError:
         pass
     gone.add(pid)
-    print(f"worker {pid}: its client is gone; SIGTERM to its process group", file=sys.stderr,
+    print(f"worker {pid} lost its client (killed?): SIGTERM to its process group", file=sys.stderr,
           flush=True)
     try:
         os.killpg(pid, signal.SIGTERM)
