@@ -218,7 +218,8 @@ def test_a_crashed_worker_is_rerun_in_process(tmp_path, monkeypatch, capsys, rc,
     text = forkserver.summary([entry])
     if rerun:
         name = signal.Signals(rc - 128).name
-        assert entry["rerun"] == name and f"{name}  worker {os.getpid()}  check-config x.yaml" in text
+        assert entry["rerun"] == name
+        assert f"{name}  worker {os.getpid()}  check-config x.yaml" in text
     else:
         assert "rerun" not in entry and text is None
 
@@ -404,7 +405,7 @@ def test_a_launch_jobs_ranks_count_towards_its_benchmark(tmp_path):
                 "max_rss_mb": 300.0, "t": t - 1}]
     assert forkserver.rewrite_benchmarks(entries, [([str(tmp_path / "j.log")], str(bench))]) == 1
     got = dict(zip(*[line.split("\t") for line in bench.read_text().splitlines()]))
-    assert got["cpu_time"] == "12.00" and got["max_rss"] == "1300.00" and got["mean_load"] == "120.00"
+    assert (got["cpu_time"], got["max_rss"], got["mean_load"]) == ("12.00", "1300.00", "120.00")
     failed = [dict(entries[-1], rc=1)]  # a failed job's file is not this run's: left alone
     before = bench.read_text()
     assert forkserver.rewrite_benchmarks(failed, [([str(tmp_path / "j.log")], str(bench))]) == 0
