@@ -489,3 +489,7 @@ def validate(config: dict, configfiles=("<config>",), ablations: dict | None = N
                 raise ConfigError(f"{where}: studies.{study}.{akey}: {e}") from None
         # the study's own checks see its effective ablations (from plans or the config)
         mod.validate({**scfg, "ablations": abls}, f"{where}: studies.{study}")
+        from .training.harness import check as check_training
+
+        for key, block in mod.training_blocks(scfg).items():
+            check_training(block, f"{where}: studies.{study}.{key}")

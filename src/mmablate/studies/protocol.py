@@ -65,6 +65,12 @@ class StudyPipeline(ABC):
         schema; a ConfigError naming `where` + the dotted key. `scfg["ablations"]` is the
         effective ablation list (from the plans or the config)."""
 
+    def training_blocks(self, scfg: dict) -> dict:
+        """dotted key (in the study block) → each block the training harness reads
+        (mmablate.training.harness): `mmablate.pipeline.validate` runs the harness's checks
+        across its keys (effective_batch a multiple of batch_size) on each."""
+        return {}
+
     def dataset_name(self, scfg: dict, scale: str) -> str:
         """The tables' dataset line."""
         return scfg["eval"]["dataset_name"]

@@ -157,6 +157,9 @@ class MMAlign(StudyPipeline):
             if not scfg["eval"].get("benchmarks"):
                 raise ConfigError(f"{where}.eval.benchmarks: required with data.source: files")
 
+    def training_blocks(self, scfg: dict) -> dict:
+        return {"sft": scfg["sft"], "train": scfg["train"]}
+
     def label(self, key: str, value, scfg: dict | None = None) -> str:
         name = "γ" if key == "bdhs.gamma" else "p"
         return f"{name} = {value:g}" if isinstance(value, (int, float)) else str(value)

@@ -191,6 +191,10 @@ class PairRank(StudyPipeline):
                 raise ConfigError(f"{where}.model.unet.sample_size: {u['sample_size']} differs "
                                   f"from world.image_size {scfg['world']['image_size']}")
 
+    def training_blocks(self, scfg: dict) -> dict:
+        train = scfg["model"].get("train")
+        return {**({"model.train": train} if train else {}), "dpo": scfg["dpo"]}
+
     def variant(self, P, vcfg: dict):
         dpo = _dpo(P, vcfg, selection(P, vcfg), vcfg["dpo"])
         title = (f"Diffusion-DPO, Q = {QUALITY_LABELS[vcfg['selection']['quality']]}, "

@@ -133,6 +133,12 @@ class PCCLIP(StudyPipeline):
                 raise ConfigError(f"{where}.pairs.image_dir: {pairs.get('image_dir')!r} is not "
                                   f"a directory")
 
+    def training_blocks(self, scfg: dict) -> dict:
+        caps = scfg["captions"].get("captioners") or {}
+        return {"finetune": scfg["finetune"],
+                **{f"captions.captioners.{n}.train": c["train"] for n, c in caps.items()
+                   if isinstance(c.get("train"), dict)}}
+
     def label(self, key: str, value, scfg: dict | None = None) -> str:
         """The paper's name of a value; a captioner trained here on the world says so (a small
         LM of the family, not the paper's model)."""

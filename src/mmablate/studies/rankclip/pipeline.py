@@ -39,6 +39,9 @@ class RankCLIP(StudyPipeline):
                 if not Path(data.get(k, "")).is_dir():
                     raise ConfigError(f"{where}.data.{k}: {data.get(k)!r} is not a directory")
 
+    def training_blocks(self, scfg: dict) -> dict:
+        return {"train": scfg["train"]}
+
     def variant(self, P, vcfg: dict):
         train = clip_train(P, vcfg)
         _, eval_root, world = clip_data(P, vcfg)
