@@ -72,3 +72,27 @@ def test_add_stage_returns_a_job(smoke_config):
     assert P.job_at("world", cfg["data"]["root"]) == w  # the CLIP trained on the shared world
     with pytest.raises(AttributeError):
         t.hash = "0"  # frozen
+
+
+def test_every_config_key_has_a_description():
+    """Each key of the schema says what it is (`description:`), except the open_clip
+    model-config fields under clip_model.cfg (open_clip's own, described there)."""
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    missing = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict) and not path.endswith(".cfg"):
+                for k, v in props.items():
+                    if isinstance(v, dict) and not v.get("description"):
+                        missing.append(f"{path}.{k}")
+            for k, v in node.items():
+                if isinstance(v, (dict, list)) and not (path.endswith(".cfg") and k == "properties"):
+                    walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, path)
+
+    walk(schema, "")
+    assert missing == []
