@@ -200,7 +200,8 @@ ISSUE_OVERLAYS = [  # (overlay, the dotted key the error must name)
     ({"studies": {"pairrank": {"selection": {"top_fraction": 1.5}}}},
      "studies.pairrank.selection.top_fraction"),
     ({"studies": {"rankclip": {"train": {"num_workers": -1}}}}, "studies.rankclip.train.num_workers"),
-    ({"studies": {"mmalign": {"sft": {"max_grad_norm": 0}}}}, "studies.mmalign.sft.max_grad_norm"),
+    ({"studies": {"mmalign": {"train": {"max_grad_norm": 0}}}},
+     "studies.mmalign.train.max_grad_norm"),
     ({"studies": {"mmalign": {"bdhs": {"rho_th": 1.5}}}}, "studies.mmalign.bdhs.rho_th"),
 ]
 
