@@ -34,8 +34,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-# Config keys whose files or directories the studies' checks require to exist (mmablate.studies.
-# <id>.pipeline.validate). Absent ones get an empty stand-in for planning; tests/test_cost.py
+# Config keys whose files or directories the studies' checks require to exist (each study's
+# `validate`, mmablate.studies.protocol). Absent ones get an empty stand-in for planning; tests/test_cost.py
 # builds the paper DAG with every one of them absent, so a new required path shows up there.
 DATA_PATHS = {
     "rankclip": {"data.root": "dir", "data.eval_root": "dir"},

@@ -104,8 +104,10 @@ BYTES_BF16 = 2
 def _upstream_cfg(P, path: str, stage: str):
     """The stage config of the `stage` job whose output or directory `path` is (None if none)."""
     j = P.job_of(str(path))
-    h = j[1] if j and j[0] == stage else P.hash_of_dir(stage, str(path))
-    return P.stages.get(stage, {}).get(h) if h else None
+    if j and j[0] == stage:
+        return P.stages.get(stage, {}).get(j[1])
+    job = P.job_at(stage, str(path))
+    return P.stages[stage][job.hash] if job else None
 
 
 def _exists(p) -> bool:
@@ -643,11 +645,12 @@ def _bench_model(P, model: str):
     """(LLaVA spec, sft hash) of a benchmark job's model: the SFT base, a DPO job's model (whose
     config names its base) or a hub id."""
     m = str(model)
-    sft = P.hash_of_dir("mmalign_sft", m)
+    job = P.job_at("mmalign_sft", m)
+    sft = job.hash if job else None
     if sft is None:
-        dh = P.hash_of_dir("mmalign_dpo", m)
-        if dh is not None:
-            d = P.stages["mmalign_dpo"][dh]
+        dpo = P.job_at("mmalign_dpo", m)
+        if dpo is not None:
+            d = P.stages["mmalign_dpo"][dpo.hash]
             sft, m = d.get("sft"), d["model"]["base"]
     return _llava(P, m, sft), sft
 
