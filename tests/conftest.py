@@ -50,3 +50,18 @@ def copy_workflow(dst: Path) -> Path:
         elif src.exists():
             shutil.copy2(src, dst / name)
     return dst
+
+
+def endpoint_judge_cfg(url: str, rank_url: str | None = None, **shared) -> dict:
+    """paper.yaml's mmalign judge block (its published per-benchmark settings) with the bench
+    role at `url` and the rank role at `rank_url` (default `url`), plus the clients' `shared`
+    settings (concurrency, retries, backoff_s, ...): the tests' stand-in judges."""
+    import copy
+
+    from mmablate.config import load
+
+    j = load([REPO / "config/config.yaml", REPO / "config/scales/paper.yaml"])
+    j = copy.deepcopy(j["studies"]["mmalign"]["judge"])
+    j["bench"]["endpoint"], j["rank"]["endpoint"] = url, rank_url or url
+    j.update(shared)
+    return j

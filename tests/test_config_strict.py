@@ -153,14 +153,18 @@ def test_wrong_type_at_every_leaf(tmp_path, scale, study):
         named(lines, ".".join(("studies", study) + p), f)
 
 
-STUDY_CHECKED = ("studies.mmalign.bdhs.gamma", "studies.mmalign.mixed_dpo.p")  # ablatable parts
+# ablatable numbers: their range is the part's (mmablate.studies.spec Part.check), for the
+# study's own value and every ablation's; the schema types them
+STUDY_CHECKED = {"studies.mmalign.bdhs.gamma": "γ (bdhs.gamma) must be a number in [0, 1]",
+                 "studies.mmalign.mixed_dpo.p": "p (mixed_dpo.p) must be a number in [0, 1]",
+                 "studies.rankclip.loss.rank_weight": "rank_weight must be a finite number ≥ 0"}
 
 
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("study", STUDY_IDS)
 def test_negative_number_at_every_numeric_leaf(tmp_path, scale, study):
     """-1 is out of range for every number of every study (counts, sizes, rates, seeds,
-    probabilities, weights); the ablatable γ and p are the study's own check."""
+    probabilities, weights); the ablatable γ, p and λ are their part's check."""
     base = load(files(scale))["studies"][study]
     nums = [p for p, v in walk(base) if not isinstance(v, bool) and isinstance(v, (int, float))]
     schema_keys = [p for p in nums if ".".join(("studies", study) + p) not in STUDY_CHECKED]
@@ -171,8 +175,9 @@ def test_negative_number_at_every_numeric_leaf(tmp_path, scale, study):
     if scale != "paper":  # the full checks need the paper scale's data on disk
         for p in set(nums) - set(schema_keys):
             f = overlay(tmp_path, study, p, -1)
-            msg = refused(files(scale) + [f], ".".join(("studies", study) + p), full=True)
-            assert "must be a number in [0, 1], got -1" in msg
+            key = ".".join(("studies", study) + p)
+            msg = refused(files(scale) + [f], key, full=True)
+            assert f"{key}: {STUDY_CHECKED[key]}, got -1" in msg
 
 
 def test_one_bad_key_names_the_files_and_the_key(tmp_path):
@@ -194,7 +199,25 @@ ISSUE_OVERLAYS = [  # (overlay, the dotted key the error must name)
      "studies.pcclip.captions.captioners.gpt.train.lr"),
     ({"studies": {"pairrank": {"selection": {"top_fraction": 1.5}}}},
      "studies.pairrank.selection.top_fraction"),
+    ({"studies": {"rankclip": {"train": {"num_workers": -1}}}}, "studies.rankclip.train.num_workers"),
+    ({"studies": {"mmalign": {"train": {"max_grad_norm": 0}}}},
+     "studies.mmalign.train.max_grad_norm"),
+    ({"studies": {"mmalign": {"bdhs": {"rho_th": 1.5}}}}, "studies.mmalign.bdhs.rho_th"),
 ]
+
+
+@pytest.mark.parametrize("study, key, block", [
+    ("rankclip", "train", {"batch_size": 4, "effective_batch": 6}),
+    ("pcclip", "captions.captioners.gpt.train", {"batch_size": 4, "effective_batch": 6}),
+    ("pairrank", "dpo", {"batch_size": 4, "effective_batch": 6}),
+    ("mmalign", "sft", {"batch_size": 4, "effective_batch": 6}),
+])
+def test_training_blocks_are_checked_across_keys_before_any_job(tmp_path, study, key, block):
+    """The harness's check across keys (mmablate.training.harness.check) runs on every training
+    block at config time, naming the file and the key."""
+    f = overlay(tmp_path, study, tuple(key.split(".")), block)
+    refused(files("smoke") + [f], f"studies.{study}.{key}.effective_batch: 6 is not a multiple "
+                                  f"of ", full=True)
 
 
 @pytest.mark.parametrize("scale", ["tiny", "smoke"])

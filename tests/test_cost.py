@@ -148,7 +148,8 @@ def test_paper_dag_without_the_data(tmp_path):
     from mmablate.cost import dag_jobs, report_jobs
 
     P, stood = _paper_pipeline(tmp_path)
-    assert any("data.root" in s for s in stood) and any("judge.endpoint" in s for s in stood)
+    assert any("data.root" in s for s in stood) and all(any(f"judge.{r}.endpoint" in s for s in stood)
+                                                        for r in ("rank", "bench"))
     n = Counter(j[0] for j in dag_jobs(P))
     assert n["mmalign_bench"] == 28 * 7 and n["mmalign_dpo"] == 27 and n["rankclip_train"] == 27
     assert sum(n.values()) + sum(report_jobs(P).values()) + 1 == 454

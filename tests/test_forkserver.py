@@ -204,12 +204,24 @@ def _fake_server(sock, rc):
 @pytest.mark.parametrize("rc, rerun", [(128 + signal.SIGSEGV, True), (128 + signal.SIGABRT, True),
                                        (128 + signal.SIGTERM, False), (1, False), (0, False)])
 def test_a_crashed_worker_is_rerun_in_process(tmp_path, monkeypatch, capsys, rc, rerun):
+    """... and the rerun is reported: a line in the job's log (its stderr), an entry in the run's
+    record, and the run's end summary lists it with its signal."""
     t = _fake_server(tmp_path / "s.sock", rc)
     monkeypatch.setenv(forkserver.ENV, str(tmp_path / "s.sock"))
+    monkeypatch.setenv(forkserver.JOBS_ENV, str(tmp_path / "jobs.jsonl"))
     got = forkserver.run_client(["check-config", "x.yaml"])
     t.join(10)
     assert got == (None if rerun else rc)
     assert ("rerunning the command in a fresh process" in capsys.readouterr().err) == rerun
+    (entry,) = forkserver.read_record(str(tmp_path / "jobs.jsonl"))
+    assert entry["rc"] == rc and entry["argv"] == ["check-config", "x.yaml"]
+    text = forkserver.summary([entry])
+    if rerun:
+        name = signal.Signals(rc - 128).name
+        assert entry["rerun"] == name
+        assert f"{name}  worker {os.getpid()}  check-config x.yaml" in text
+    else:
+        assert "rerun" not in entry and text is None
 
 
 class _Plugin:
@@ -265,3 +277,186 @@ def test_a_server_whose_imports_touched_cuda_does_not_serve(tmp_path, monkeypatc
     assert not (tmp_path / "sock").exists()
     monkeypatch.undo()  # the real check reads /proc/self/maps: this test process never used CUDA
     assert forkserver.cuda_driver_loaded() is False
+
+
+# ---- one thread at fork, reruns reported, benchmark files measuring the job --------------------
+def _script_server(tmp_path, prelude):
+    """A fork server (preloading numpy) whose process first runs `prelude`; (socket, process)."""
+    d = tmp_path / "fs"
+    d.mkdir()
+    sock = d / "sock"
+    code = (f"{prelude}\nfrom mmablate.forkserver import _main\n"
+            f"_main([{str(sock)!r}, '--preload', 'numpy'])")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert _wait_for(sock.exists), "the fork server did not start listening"
+    return sock, proc
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def test_the_preloaded_libraries_leave_one_thread(server):
+    """The server's imports (numpy, torch here; pyarrow's jemalloc thread is off by SERVER_ENV)
+    leave the server with its main thread only: its workers are forked."""
+    _sock, proc = server
+    assert len(os.listdir(f"/proc/{proc.pid}/task")) == 1
+
+
+def test_fork_refusal_names_the_other_threads():
+    release = threading.Event()
+    t = threading.Thread(target=release.wait, name="some-library-pool")
+    t.start()
+    try:
+        why = forkserver.fork_refusal()
+    finally:
+        release.set()
+        t.join()
+    assert why is not None and "some-library-pool" in why and "threads" in why
+
+
+def test_a_server_with_an_extra_thread_refuses_to_fork_and_the_job_still_runs(tmp_path):
+    sock, proc = _script_server(
+        tmp_path, "import threading, time\n"
+                  "threading.Thread(target=time.sleep, args=(3600,), daemon=True,"
+                  " name='stray-pool').start()")
+    record = tmp_path / "jobs.jsonl"
+    try:
+        r = _run(["check-config", "missing.yaml"], sock, cwd=tmp_path,
+                 **{forkserver.JOBS_ENV: str(record)})
+    finally:
+        log = _stop(proc)
+    assert r.returncode == 2 and "missing.yaml: config file not found" in r.stderr  # it ran
+    assert "not forking (the fork server runs 2 threads" in r.stderr and "stray-pool" in r.stderr
+    assert "not forking for check-config missing.yaml" in log
+    (entry,) = forkserver.read_record(str(record))
+    assert "stray-pool" in entry["refused"] and entry["argv"] == ["check-config", "missing.yaml"]
+    assert "ran in a fresh process because the server would not fork" in forkserver.summary([entry])
+
+
+def test_a_worker_ends_as_an_interpreter_ends(tmp_path):
+    """atexit handlers run in the worker (here one the server registered before its imports, as a
+    fresh process that imported the same libraries would have it), with the job's environment."""
+    sock, proc = _script_server(
+        tmp_path, "import atexit, os\n"
+                  "atexit.register(lambda: os.environ.get('FS_ATEXIT') and "
+                  "open(os.environ['FS_ATEXIT'], 'a').write(f'{os.getpid()}\\n'))")
+    marks = tmp_path / "atexit.txt"
+    try:
+        r = _run(["check-config", "config/config.yaml"], sock, FS_ATEXIT=str(marks))
+    finally:
+        _stop(proc)
+    assert r.returncode == 0 and "ablations" in r.stdout
+    pids = marks.read_text().split()
+    assert len(pids) == 1 and int(pids[0]) not in (proc.pid, os.getpid())  # the worker's
+
+
+def test_a_served_job_records_its_workers_usage_for_its_benchmark_file(server, tmp_path):
+    from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
+
+    sock, _ = server
+    record, log = tmp_path / "jobs.jsonl", tmp_path / "job.log"
+    with open(log, "w") as f:  # as a rule runs it: `python -m mmablate ... > {log} 2>&1`
+        rc = subprocess.run([sys.executable, "-m", "mmablate", "check-config",
+                             "config/config.yaml"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                            env=_env(sock, **{forkserver.JOBS_ENV: str(record)})).returncode
+    assert rc == 0
+    (e,) = forkserver.read_record(str(record))
+    assert e["job"] == os.path.realpath(log) and e["rc"] == 0 and not e["rank"]
+    # the worker is a forked copy of a server that imported torch: its peak RSS is torch's
+    assert e["cpu_s"] > 0 and e["max_rss_mb"] > 100 and e["wall_s"] > 0
+
+    def bench(name, mtime=None):  # what snakemake wrote: the thin client's figures
+        rec = BenchmarkRecord(running_time=e["wall_s"] + 0.2, max_rss=25.0, max_vms=300.0,
+                              max_uss=20.0, max_pss=21.0, io_in=0.1, io_out=0.0, cpu_time=0.05)
+        rec.data_collected = True
+        path = tmp_path / name
+        write_benchmark_records([rec], str(path), False)
+        if mtime:
+            os.utime(path, (mtime, mtime))
+        return str(path)
+
+    fresh, stale = bench("fresh.tsv"), bench("stale.tsv", mtime=e["t"] - 3600)
+    other = bench("other.tsv")
+    before = {p: open(p).read() for p in (stale, other)}
+    jobs = [([str(log)], fresh), ([str(log)], stale), ([str(tmp_path / "other.log")], other)]
+    assert forkserver.rewrite_benchmarks(forkserver.read_record(str(record)), jobs) == 1
+    header, row = [line.split("\t") for line in open(fresh).read().splitlines()]
+    got = dict(zip(header, row))
+    assert float(got["cpu_time"]) == pytest.approx(0.05 + e["cpu_s"], abs=0.01)
+    assert float(got["max_rss"]) == pytest.approx(e["max_rss_mb"], abs=0.01)
+    assert float(got["s"]) == pytest.approx(e["wall_s"] + 0.2, abs=0.01)  # the job's wall time
+    assert got["max_vms"] == got["io_in"] == "NA"
+    assert {p: open(p).read() for p in (stale, other)} == before  # not this run's / not served
+
+
+def test_a_launch_jobs_ranks_count_towards_its_benchmark(tmp_path):
+    bench = tmp_path / "b.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\t"
+                     "cpu_time\n10.0\t0:00:10\t30\t400\t20\t22\t0\t0\t1.0\tNA\n")
+    t = os.path.getmtime(bench)
+    rank = {"job": str(tmp_path / "j.log"), "rank": True, "rc": 0, "cpu_s": 6.0,
+            "max_rss_mb": 500.0}
+    entries = [dict(rank, t=t - 2), dict(rank, t=t - 2, cpu_s=5.0),
+               {"job": str(tmp_path / "j.log"), "rank": False, "rc": 0, "cpu_s": 1.0,
+                "max_rss_mb": 300.0, "t": t - 1}]
+    assert forkserver.rewrite_benchmarks(entries, [([str(tmp_path / "j.log")], str(bench))]) == 1
+    got = dict(zip(*[line.split("\t") for line in bench.read_text().splitlines()]))
+    assert (got["cpu_time"], got["max_rss"], got["mean_load"]) == ("12.00", "1300.00", "120.00")
+    failed = [dict(entries[-1], rc=1)]  # a failed job's file is not this run's: left alone
+    before = bench.read_text()
+    assert forkserver.rewrite_benchmarks(failed, [([str(tmp_path / "j.log")], str(bench))]) == 0
+    assert bench.read_text() == before
+
+
+class _Job:
+    def __init__(self, log, benchmark):
+        self.log, self.benchmark = [log], benchmark
+
+
+def test_the_runs_end_lists_the_reruns_and_rewrites_the_benchmarks(tmp_path, monkeypatch, capsys):
+    """workflow/rules/hooks.smk's onsuccess/onerror: `workflow_stop(workflow)`."""
+    log, bench = tmp_path / "logs/a.log", tmp_path / "bench/a.tsv"
+    for p in (log, bench):
+        p.parent.mkdir()
+    log.write_text("")
+    bench.write_text("s\tmax_rss\tcpu_time\n4.0\t20\t0.1\n")
+    record = tmp_path / "jobs.jsonl"
+    t = os.path.getmtime(bench) - 0.5
+    lines = [{"job": str(log), "rank": False, "argv": ["mmalign-dpo", "--seed", "0"], "worker": 7,
+              "rc": 0, "cpu_s": 3.0, "max_rss_mb": 900.0, "t": t},
+             {"job": str(tmp_path / "logs/b.log"), "rank": False, "argv": ["pcclip-train"],
+              "worker": 8, "rc": 139, "rerun": "SIGSEGV", "t": t}]
+    record.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"cut short')
+    monkeypatch.setenv(forkserver.JOBS_ENV, str(record))
+    monkeypatch.delenv(forkserver.ENV, raising=False)
+    wf = type("W", (), {"dag": type("D", (), {"jobs": [_Job(str(log), str(bench)),
+                                                       _Job(str(tmp_path / "c.log"), None)]})()})()
+    forkserver.workflow_stop(wf)
+    err = capsys.readouterr().err
+    assert "1 job(s) rerun in a fresh process" in err
+    assert "SIGSEGV  worker 8  pcclip-train  (log " + str(tmp_path / "logs/b.log") in err
+    assert "1 benchmark files carry" in err
+    assert bench.read_text() == "s\tmax_rss\tcpu_time\n4.0\t900.00\t3.10\n"
+    assert forkserver.JOBS_ENV not in os.environ
+
+
+def test_a_worker_sizes_openblas_from_the_jobs_environment():
+    """The server loads OpenBLAS with one thread (SERVER_ENV); a worker resizes it as a fresh
+    process with the job's environment would size it."""
+    pytest.importorskip("threadpoolctl")
+    code = ("import json, os, sys, numpy, threadpoolctl\n"
+            "from mmablate import forkserver\n"
+            "got = [forkserver._blas_threads(json.loads(a)) for a in sys.argv[1:]]\n"
+            "print(json.dumps([got, threadpoolctl.threadpool_info()[0]['num_threads']]))")
+    cpus = len(os.sched_getaffinity(0))
+    envs = [{"OMP_NUM_THREADS": "1"}, {}, {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "64"},
+            {"OMP_NUM_THREADS": "64"}]
+    r = subprocess.run([sys.executable, "-c", code, *map(json.dumps, envs)], capture_output=True,
+                       text=True, env=dict(_env(), **forkserver.SERVER_ENV), timeout=120)
+    assert r.returncode == 0, r.stderr
+    got, last = json.loads(r.stdout)
+    assert got == [1, cpus, 1, cpus] and last == cpus

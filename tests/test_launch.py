@@ -119,13 +119,18 @@ def test_one_process_launch_runs_in_process(stage, one_process, tmp_path):
 
 
 def test_launch_needs_a_subcommand():
-    from mmablate.launch import main
+    from mmablate.launch import subcommand_argv
 
     class A:
         nproc, log_dir, argv = 2, None, ["--"]
 
     with pytest.raises(MMAblateError, match="no subcommand given"):
-        main(A())
+        subcommand_argv(A())
+    A.argv = ["--", "launch", "--nproc", "2"]
+    with pytest.raises(MMAblateError, match="cannot be `launch` itself"):
+        subcommand_argv(A())
+    A.argv = ["--", "rankclip-train", "--seed", "0"]
+    assert subcommand_argv(A()) == ["rankclip-train", "--seed", "0"]
 
 
 def test_claim_count_takes_n_slots(tmp_path, monkeypatch):

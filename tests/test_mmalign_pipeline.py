@@ -54,9 +54,13 @@ def test_bad_values_are_config_errors():
 
 def test_paper_scale_config_needs_a_judge_endpoint(tmp_path):
     c = cfg("config/scales/paper.yaml", ONLY)
-    with pytest.raises(ConfigError, match="judge.endpoint: .*OpenAI-compatible judge endpoint"):
+    with pytest.raises(ConfigError, match="judge.rank.endpoint: .*OpenAI-compatible judge "
+                                          "endpoint .*llava-v1.6-34b"):
         Pipeline(c, write=False)
-    c["studies"]["mmalign"]["judge"]["endpoint"] = "http://judge:8000/v1"
+    c["studies"]["mmalign"]["judge"]["rank"]["endpoint"] = "http://judge:8000/v1"
+    with pytest.raises(ConfigError, match="judge.bench.endpoint: the judge that scores MMHal"):
+        Pipeline(c, write=False)
+    c["studies"]["mmalign"]["judge"]["bench"]["endpoint"] = "http://judge:8001/v1"
     P = Pipeline(c, results=str(tmp_path), write=False)
     assert "mmalign_sft" not in P.stages and "mmalign_data" not in P.stages
     dpo = next(iter(P.stages["mmalign_dpo"].values()))
@@ -95,7 +99,9 @@ def test_paper_scale_dry_run_plans_every_mmalign_job(tmp_path):
     wf = copy_workflow(tmp_path)
     (wf / "overlay.yaml").write_text(yaml.safe_dump(  # no data here: no preflight (its own test)
         {**ONLY, "preflight": False, "studies": {**ONLY["studies"],
-                             "mmalign": {"judge": {"endpoint": "http://judge.invalid:8000/v1"}}}}))
+                             "mmalign": {"judge": {
+                                 "rank": {"endpoint": "http://judge.invalid:8000/v1"},
+                                 "bench": {"endpoint": "http://judge.invalid:8001/v1"}}}}}))
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--configfile",
                         "config/scales/paper.yaml", "overlay.yaml"], cwd=wf,
                        capture_output=True, text=True, timeout=600)

@@ -1,12 +1,14 @@
 """mmalign's benchmark protocols against hand-computed examples (POPE, TextVQA, GQA, the judge
 prompts' parsing), and the judge client against a local OpenAI-compatible stand-in: retries on
-429/500, every answer cached on disk, a malformed answer an error naming the benchmark and the
-question."""
+429/500, every answer cached on disk, a malformed answer scored as the published script scores
+it and counted (tests/test_mmalign_judges.py: the two judges and the counting)."""
 import pytest
 
 from mmablate.errors import DataError
 from mmablate.studies.mmalign import protocols as P
 from mmablate.studies.mmalign.judge import EndpointJudge, JudgeError
+
+from .conftest import endpoint_judge_cfg
 
 
 def test_pope_first_sentence_and_scores_by_hand():
@@ -67,14 +69,20 @@ def test_judge_prompts_and_their_parsing():
     sys_, user = P.llavaw_request(["a cat on a mat"], "What is it?", "A cat.", "A dog.")
     assert sys_["role"] == "system" and user["content"].startswith("[Context]\na cat on a mat\n\n")
     assert "[Assistant 1]\nA cat.\n\n[End of Assistant 1]" in user["content"]
-    assert P.parse_llavaw("8, 6\nAssistant 1 is better.") == (8.0, 6.0)
+    assert P.parse_llavaw("8 6\nAssistant 1 is better.") == (8.0, 6.0)
+    assert P.parse_llavaw("8,6\nAssistant 1 is better.") == (8.0, 6.0)
+    # parse_score replaces ',' by ' ' and splits on single spaces: "8, 6" is three fields there
+    assert P.read_llavaw("8, 6\nAssistant 1 is better.") is None
     with pytest.raises(DataError, match="llavaw: question q9: malformed"):
         P.parse_llavaw("Assistant 1: 8", "llavaw", "q9")
+    assert P.read_llavaw("8 6 \nok") is None  # LLaVA's parse_score splits on single spaces
     q = P.mmvet_request("What is x?", "-1<AND>-5", "x = -1")[0]["content"]
     assert q.endswith("\nWhat is x? | -1 <AND> -5 | x = -1 | ")
     assert P.parse_mmvet("0.5") == 0.5
     with pytest.raises(DataError, match="mmvet: question v1_3"):
         P.parse_mmvet("1.5", "mmvet", "v1_3")
+    assert P.mmvet_request("q", "a", "p", retry=True)[0]["content"].endswith(
+        " | ".join(["q", "a", "p", ""]) + "\nPredict the correctness of the answer (digit): ")
 
 
 def _Server(reply, fail=()):
@@ -91,22 +99,24 @@ def _items(n):
 
 
 def test_judge_client_retries_caches_and_names_malformed_answers(tmp_path):
-    cfg = lambda url: {"endpoint": url, "model": "judge-x", "concurrency": 3,  # noqa: E731
-                       "backoff_s": 0.01, "retries": 3}
+    cfg = lambda url: endpoint_judge_cfg(url, concurrency=3, backoff_s=0.01,  # noqa: E731
+                                         retries=3)
     with _Server(lambda b: "Fine.\nRating: 5", fail=[429, 500]) as s:
         j = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "cache")
         assert j.mmhal_many(_items(4)) == [5.0] * 4
-        assert j.client.stats == {"requests": 4, "cache_hits": 0, "retries": 2}
+        assert j.stats["bench"] == {"requests": 4, "cache_hits": 0, "retries": 2}
         assert len(s.bodies) == 6  # 4 answered + the 429 and the 500
-        assert all(b["model"] == "judge-x" and b["temperature"] == 0.0 for b in s.bodies)
+        # MMHal-Bench's script: gpt-4-0314 at temperature 0.0, no max_tokens sent
+        assert all(b["model"] == "gpt-4-0314" and b["temperature"] == 0.0
+                   and "max_tokens" not in b for b in s.bodies)
         # a rerun re-asks nothing: every answer comes from the disk cache
         j2 = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "cache")
         assert j2.mmhal_many(_items(4)) == [5.0] * 4
-        assert j2.client.stats["cache_hits"] == 4 and len(s.bodies) == 6
+        assert j2.stats["bench"]["cache_hits"] == 4 and len(s.bodies) == 6
         assert len(list((tmp_path / "cache").rglob("*.json"))) == 4
-    with _Server(lambda b: "It looks good to me.") as s:
+    with _Server(lambda b: "It looks good to me.") as s:  # every answer unreadable: fails
         j = EndpointJudge(cfg(s.url), cache_dir=tmp_path / "c2")
-        with pytest.raises(DataError, match=r"mmhal: question 0: malformed judge answer"):
+        with pytest.raises(JudgeError, match=r"mmhal: 1 of 1 judge answers do not read"):
             j.mmhal_many(_items(1))
     with _Server(lambda b: "x", fail=[503] * 10) as s:
         j = EndpointJudge({**cfg(s.url), "retries": 2}, cache_dir=tmp_path / "c3")
@@ -133,9 +143,14 @@ def test_llavaw_relative_score_and_mmvet_through_the_endpoint(tmp_path):
                         "gt_answer": "a<OR>b"} for i in range(3)]}
     answers = {("x.png", r["question"]): "resp" for v in bench.values() for r in v}
     with _Server(reply) as s:
-        j = EndpointJudge({"endpoint": s.url, "model": "m"}, cache_dir=tmp_path)
+        j = EndpointJudge(endpoint_judge_cfg(s.url), cache_dir=tmp_path)
         m, _ = score(bench, answers, j)
     assert m["llavaw"] == pytest.approx(100 * 6 / 8) and m["mmvet"] == pytest.approx(70.0)
+    assert m["judge_unparsed_llavaw"] == 0 and m["judge_unparsed_mmvet"] == 0
     ll = [b for b in s.bodies if b["messages"][0]["role"] == "system"]
-    assert len(ll) == 2 and ll[0]["temperature"] == 0.2  # LLaVA-Bench's review temperature
+    # LLaVA-Bench's review: gpt-4-0314, temperature 0.2, max_tokens 1024
+    assert len(ll) == 2 and {(b["model"], b["temperature"], b["max_tokens"]) for b in ll} == \
+        {("gpt-4-0314", 0.2, 1024)}
+    mv = [b for b in s.bodies if b["messages"][0]["role"] != "system"]
+    assert {(b["model"], b["temperature"], b["max_tokens"]) for b in mv} == {("gpt-4-0613", 0.0, 3)}
     assert "[Context]\na caption\n\n[Question]\nq" in ll[0]["messages"][1]["content"]

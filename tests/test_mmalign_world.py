@@ -14,6 +14,8 @@ from mmablate.world.scenes import Obj, Scene
 from mmablate.world.vqa import (BiasedSampler, companions, describe, hallucinate, judge,
                                 mmhal_score, pope_parse)
 
+from .conftest import endpoint_judge_cfg
+
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "triangle"]
 WCFG = dict(seed=3, colours=COLOURS, shapes=SHAPES, max_objects=2, glyph_prob=0.5, cooccur=0.6,
@@ -127,8 +129,10 @@ def test_bad_inputs_get_clear_errors(world, tmp_path):
     p.write_text("[{")
     with pytest.raises(DataError, match="not valid JSON"):
         D.load_povid(p, d / "images")
-    with pytest.raises(ConfigError, match="judge.endpoint: .* need an OpenAI-compatible judge"):
-        EndpointJudge({"kind": "endpoint", "endpoint": None, "model": "m"}, "judge")
+    with pytest.raises(ConfigError, match="judge.rank.endpoint: .* needs an OpenAI-compatible "
+                                          "judge endpoint"):
+        EndpointJudge({"kind": "endpoint", "rank": {"endpoint": None, "model": "m"},
+                       "bench": {"endpoint": "http://x/v1"}}, "judge")
 
 
 def test_oracle_judge_needs_the_scene(world):
@@ -160,7 +164,9 @@ def test_endpoint_judge_against_a_local_openai_compatible_stand_in(world):
     srv = HTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        j = EndpointJudge({"endpoint": f"http://127.0.0.1:{srv.server_port}/v1", "model": "judge-x"})
+        cfg = endpoint_judge_cfg(f"http://127.0.0.1:{srv.server_port}/v1")
+        cfg["rank"]["model"] = "judge-x"
+        j = EndpointJudge(cfg)
         img = next((d / "images").iterdir())
         assert j.rank_score(img, "q?", "a", "gt") == 7.0
     finally:

@@ -319,3 +319,31 @@ def test_chat_captioner_needs_a_chat_template(tmp_path):
     tok.save_pretrained(tmp_path / "m")
     out = cap.caption(rows)  # the template applied, batched generation
     assert len(out) == 4 and all(isinstance(t, str) for t in out)
+
+
+def test_eval_with_the_authors_benchmarks(world, tmp_path):
+    """`evaluate` with eval.benchmarks (stand-ins in the datasets' formats) adds one column per
+    dataset beside the pair metrics, and leaves those unchanged."""
+    from mmablate.rehearsal.pcclip_bench import write_benchmarks
+    from mmablate.studies.pcclip import benchmarks as B
+    from mmablate.studies.pcclip import evaluate as E
+
+    model, _, _ = _model()
+    base = tmp_path / "base.pt"
+    torch.save(model.state_dict(), base)
+    r = tmp_path / "bench"
+    write_benchmarks(r)
+    cfg = _eval_cfg(world)
+    m0, _, _ = E.evaluate(cfg, str(base), None, str(world), progress=False)
+    cfg["eval"]["benchmarks"] = {"seeds": 2, "zeroshot": ["cifar10", "awa2"],
+                                 "difference": ["flowers_color"],
+                                 "roots": {"cifar10": str(r / "cifar10"),
+                                           "awa2": str(r / "Animals_with_Attributes2"),
+                                           "flowers": str(r / "flowers102")}}
+    m, c, x = E.evaluate(cfg, str(base), None, str(world), progress=False)
+    assert set(m) - set(m0) == {"zeroshot_acc_cifar10", "zeroshot_acc_awa2",
+                                "diff_acc_flowers_color"}
+    assert all(m[k] == pytest.approx(m0[k], abs=1e-6) for k in m0)
+    assert c["zeroshot_acc_cifar10"] == 10.0 and x["diff_pairs"]["flowers_color"] == [72, 72]
+    assert x["benchmark_sizes"] == {"cifar10": 20, "awa2": 30}
+    assert B.diff_id("flowers_color") in m

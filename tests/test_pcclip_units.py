@@ -376,7 +376,7 @@ def test_shared_work_in_the_dag(smoke_config):
     """Captions once per captioner, image embeddings once per base seed for all text-only
     variants, the base CLIP = RankCLIP's λ = 0 job."""
     from mmablate.pipeline import Pipeline
-    from mmablate.studies.rankclip.pipeline import train_config
+    from mmablate.studies.shared import world_clip
 
     cfg = copy.deepcopy(smoke_config)
     P = Pipeline(cfg, ["c.yaml"], write=False)
@@ -387,9 +387,7 @@ def test_shared_work_in_the_dag(smoke_config):
     assert len(ft) == 9  # 1 baseline + 1 + 2 + 3 + 2 replacements
     assert sum(c["embed"] is not None for c in ft.values()) == 8
     assert len(st["pcclip_eval"]) == 10  # + the base model
-    rc = copy.deepcopy(cfg["studies"]["rankclip"])
-    rc["loss"]["rank_weight"] = 0.0
-    th, _ = train_config(P, rc)
+    th = world_clip(P)[0].hash
     assert next(iter(st["pcclip_embed"].values()))["base"]["hash"] == th
     assert th in {r.config_hash for a in P.ablations if a.id == "rank_weight" for r in a.rows}
     pc = [a for a in P.ablations if a.study == "pcclip"]
@@ -454,7 +452,9 @@ def test_bad_checkpoint(tmp_path):
 
 
 def test_captioner_rows_say_when_the_lm_was_trained_on_the_world():
-    from mmablate.studies.pcclip.pipeline import label
+    from mmablate.studies.pcclip.pipeline import STUDY
+
+    label = STUDY.label
 
     scfg = {"captions": {"captioners": {"gpt": {"family": "causal", "arch": "gpt2", "model": None},
                                         "t5": {"family": "seq2seq", "model": "google/flan-t5-xl"},

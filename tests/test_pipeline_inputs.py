@@ -27,11 +27,12 @@ def owner(P, path):
     import re
 
     for stage in stage_outputs():
-        h = P.hash_of_dir(stage, path)
-        if h and h in P.stages.get(stage, {}):
-            rest = path[len(P.stage_dir(stage, h)):]
+        job = P.job_at(stage, path)
+        if job:
+            rest = path[len(job.dir):]
             m = re.match(r"/s(\d+)(/|$)", rest)
-            return stage, h, int(m.group(1)) if m and "{seed}" in stage_outputs()[stage] else None
+            return stage, job.hash, int(m.group(1)) if m and "{seed}" in stage_outputs()[stage] \
+                else None
     return None
 
 
@@ -90,6 +91,6 @@ def test_inputs_by_seed(pipeline):
 
 def test_same_config_must_name_the_same_upstream(smoke_config):
     P = Pipeline(copy.deepcopy(smoke_config), ["smoke"], write=False)
-    h = P.add_stage("world", P.config["world"], needs={})
+    w = P.add_stage("world", P.config["world"], needs={})
     with pytest.raises(RuntimeError, match="two different upstream sets"):
-        P.add_stage("world", P.config["world"], needs={"x": Ref("world", h)})
+        P.add_stage("world", P.config["world"], needs={"x": w.ref()})

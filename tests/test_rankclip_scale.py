@@ -151,7 +151,8 @@ def test_stage_config_and_table_note():
     in; λ = 0 drops it; a λ ablation under authors_code carries the by-construction note."""
     from mmablate.pipeline import Row
     from mmablate.report.flags import caption_notes
-    from mmablate.studies.rankclip import pipeline as rp
+    from mmablate.studies.rankclip.pipeline import STUDY
+    from mmablate.studies.shared import clip_train
 
     class P:
         config = {"world": {}}
@@ -160,31 +161,29 @@ def test_stage_config_and_table_note():
             self.stages = []
 
         def world(self, cfg):
-            return "/w"
+            class W:
+                dir = "/w"
 
-        def ref(self, *a):
-            return a
-
-        def hash_of_dir(self, *a):
-            return "h"
+                def ref(self, seed=None):
+                    return ("world", seed)
+            return W()
 
         def add_stage(self, stage, cfg, needs=None):
             self.stages.append(cfg)
-            return f"h{len(self.stages)}"
+            return cfg
 
     base = {"model": {}, "train": {}, "data": {"source": "world"},
             "loss": {"rank_weight": 0.0625, "decay": "inv_log_k_plus_1", "scale": "paper"}}
-    _, cfg = rp.train_config(P(), base)
-    assert cfg["loss"] == {"rank_weight": 0.0625, "decay": "inv_log_k_plus_1"}
+    assert clip_train(P(), base)["loss"] == {"rank_weight": 0.0625, "decay": "inv_log_k_plus_1"}
     authors = dict(base, loss=dict(base["loss"], scale="authors_code"))
-    assert rp.train_config(P(), authors)[1]["loss"]["scale"] == "authors_code"
+    assert clip_train(P(), authors)["loss"]["scale"] == "authors_code"
     off = dict(authors, loss=dict(authors["loss"], rank_weight=0.0))
-    assert rp.train_config(P(), off)[1]["loss"] == {"rank_weight": 0.0, "decay": None}
+    assert clip_train(P(), off)["loss"] == {"rank_weight": 0.0, "decay": None}
 
     rows = [Row(f"{v:g}", v, v == 0.0625, "h", {}) for v in (0.0, 0.03125, 0.0625, 0.125)]
-    assert rp.ablation_notes(base, "loss.rank_weight", rows) == []
-    assert rp.ablation_notes(authors, "loss.decay", rows) == []
-    notes = rp.ablation_notes(authors, "loss.rank_weight", rows)
+    assert STUDY.ablation_notes(base, "loss.rank_weight", rows) == []
+    assert STUDY.ablation_notes(authors, "loss.decay", rows) == []
+    notes = STUDY.ablation_notes(authors, "loss.rank_weight", rows)
     assert len(notes) == 1 and "rows 0.03125, 0.0625, 0.125 train the same objective" in notes[0]
     ab = {"metrics": [{"id": "zeroshot_top1"}], "rows": [], "notes": notes}
     assert caption_notes(ab, []).startswith("BY CONSTRUCTION")
@@ -192,12 +191,12 @@ def test_stage_config_and_table_note():
 
 def test_config_check_names_the_key():
     from mmablate.errors import ConfigError
-    from mmablate.studies.rankclip import pipeline as rp
+    from mmablate.studies.rankclip.pipeline import STUDY
 
     scfg = {"loss": {"rank_weight": 0.0625, "decay": "constant", "scale": "authors_code"},
             "train": {"epochs": 1, "steps": None}, "data": {}, "eval": {}}
     with pytest.raises(ConfigError, match=r"x\.loss\.scale: authors_code .* train\.epochs ≥ 2"):
-        rp.validate(scfg, "x")
+        STUDY.validate(scfg, "x")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mmablate.cli import main
+from mmablate.errors import ConfigError
 from mmablate.rehearsal import run as R
 from mmablate.rehearsal.overlay import paths_only
 
@@ -228,6 +229,12 @@ def test_rehearsal_runs_every_rule_of_the_paper_dag(tmp_path):
 
 def test_judge_port_follows_the_merged_endpoint():
     """The stand-in listens where the jobs call it: an --overlay that moves the endpoint moves it."""
+    url = "http://127.0.0.1:18799/v1"
     assert R.judge_port({"studies": {"mmalign": {"judge": {
-        "endpoint": "http://127.0.0.1:18799/v1"}}}}) == 18799
+        "rank": {"endpoint": url}, "bench": {"endpoint": url}}}}}) == 18799
+    assert R.judge_port({"studies": {"mmalign": {"judge": {"bench": {"endpoint": url}}}}}) == 18799
     assert R.judge_port({"studies": {}}) == R.JUDGE_PORT
+    with pytest.raises(ConfigError, match="judge.rank.endpoint and .bench.endpoint name two "
+                                          "ports"):  # the stand-in serves both roles on one
+        R.judge_port({"studies": {"mmalign": {"judge": {
+            "rank": {"endpoint": url}, "bench": {"endpoint": "http://127.0.0.1:18800/v1"}}}}})

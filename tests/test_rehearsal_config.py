@@ -75,7 +75,8 @@ def test_allowed_categories(paper):
                            "eval": {"sampling": {"steps": 2, "batch": 2}}},
               "mmalign": {"model": {"base": "rehearsal/assets/models/llava-next",
                                     "lora": {"r": 4, "alpha": 8}},
-                          "judge": {"endpoint": "http://127.0.0.1:18765/v1"},
+                          "judge": {"rank": {"endpoint": "http://127.0.0.1:18765/v1"},
+                                    "bench": {"endpoint": "http://127.0.0.1:18765/v1"}},
                           "eval": {"benchmarks": {"pope": {"files": {
                               "random": "rehearsal/assets/pope/coco_pope_random.json"}}}}},
           }}

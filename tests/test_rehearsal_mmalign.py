@@ -1,7 +1,8 @@
 """mmalign's rehearsal: its assets read by the paper path's own loaders, the judge stand-in
 answering each of the project's judge prompts in the format its parser reads, the preflight
 checks against bad inputs (each error naming the key and the file), and the job-time checks
-(judge down, judge answering garbage: a clear error, nothing computed lost)."""
+(judge down, judge answering garbage: a clear error, nothing computed lost; a few unparsable
+answers: scored as the published scripts score them and counted)."""
 import json
 import shutil
 import time
@@ -15,6 +16,8 @@ from mmablate.rehearsal.judge import GARBAGE, JudgeServer, kind_of, reply_for
 from mmablate.studies.mmalign import protocols as P
 from mmablate.studies.mmalign.judge import EndpointJudge, JudgeError
 from mmablate.studies.mmalign.preflight import check_inputs, check_judge
+
+from .conftest import endpoint_judge_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = (RA.write_povid, RA.write_coco_val, RA.write_mmhal, RA.write_llavaw, RA.write_mmvet,
@@ -143,13 +146,23 @@ def test_endpoint_judge_against_the_stand_in(tmp_path, assets):
         with urllib.request.urlopen(j.url + "/models") as r:
             assert json.loads(r.read())["data"][0]["id"]
         check_judge({"endpoint": j.url})
-        e = EndpointJudge({"endpoint": j.url, "model": "m"}, cache_dir=tmp_path / "c")
+        # rehearsal.yaml's judge block: the stand-in in both roles
+        jcfg = _block(assets)["judge"]
+        assert jcfg["rank"]["endpoint"] == jcfg["bench"]["endpoint"] == \
+            "http://127.0.0.1:18765/v1"
+        jcfg["rank"]["endpoint"] = jcfg["bench"]["endpoint"] = j.url
+        e = EndpointJudge(jcfg, cache_dir=tmp_path / "c")
         assert all(0 <= s <= 6 for s in e.mmhal_many(items))
         assert all(1 <= a <= 10 and 1 <= b <= 10 for a, b in e.llavaw_many(items))
         assert all(0 <= s <= 1 for s in e.mmvet_many(items))
         assert all(1 <= s <= 10 for s in e.rank_many([(it["image"], it["question"],
                                                        it["response"], "gt") for it in items]))
         assert j.requests == {"mmhal": 5, "llavaw": 5, "mmvet": 5, "rank": 5}
+        # each role asked with its own model: the paper's ranker, the benchmarks' GPT-4s
+        models = {kind_of(b["messages"]): b["model"] for b in j.bodies}
+        assert models == {"rank": "llava-hf/llava-v1.6-34b-hf", "mmhal": "gpt-4-0314",
+                          "llavaw": "gpt-4-0314", "mmvet": "gpt-4-0613"}
+        assert e.unparsed == {"mmhal": 0, "llavaw": 0, "mmvet": 0}
 
 
 def test_default_port_and_url():
@@ -160,28 +173,29 @@ def test_judge_down_is_an_error_naming_the_endpoint_within_seconds():
     with JudgeServer(port=0) as j:
         url = j.url
     t0 = time.time()
-    with pytest.raises(JudgeError, match=rf"studies.mmalign.judge.endpoint: judge endpoint "
+    with pytest.raises(JudgeError, match=rf"studies.mmalign.judge.bench.endpoint: judge endpoint "
                                          rf"{url} does not answer"):
         check_judge({"endpoint": url, "model": "judge-x"}, tries=2, wait_s=0.1)
     assert time.time() - t0 < 10
 
 
 def test_garbage_answers_are_an_error_and_never_cached(tmp_path):
-    """A judge answering garbage stops the job naming the benchmark and the question; its
-    answers are not cached, so the rerun against a fixed judge asks again and succeeds."""
+    """A judge answering garbage stops the job naming the benchmark and the count (more than
+    max_unparsed of its answers do not read); its answers are not cached, so the rerun against
+    a fixed judge asks again and succeeds."""
     items = [{"qid": i, "image": "x.png", "question": f"q{i}?", "response": f"r{i}",
               "gt_answer": "gt", "image_content": ["Cat"], "context": "c"} for i in range(2)]
     with JudgeServer(port=0, mode="garbage") as j:
-        e = EndpointJudge({"endpoint": j.url, "model": "m", "backoff_s": 0.01},
-                          cache_dir=tmp_path / "c")
-        with pytest.raises(DataError, match=r"mmhal: question \d: malformed judge answer .*"
-                                            + GARBAGE[:10]):
+        e = EndpointJudge(endpoint_judge_cfg(j.url, backoff_s=0.01), cache_dir=tmp_path / "c")
+        with pytest.raises(JudgeError, match=r"judge.bench.max_unparsed: mmhal: 2 of 2 judge "
+                                             r"answers do not read .*" + GARBAGE[:10]):
             e.mmhal_many(items)
-        with pytest.raises(DataError, match=r"llavaw: question \d: malformed"):
+        with pytest.raises(JudgeError, match=r"llavaw: 2 of 2 judge answers do not read"):
             e.llavaw_many(items)
-        with pytest.raises(DataError, match=r"mmvet: question \d: malformed judge answer "
-                                            r"\(not a number\)"):
+        n = len(j.bodies)
+        with pytest.raises(JudgeError, match=r"mmvet: 2 of 2 judge answers do not read"):
             e.mmvet_many(items)
+        assert len(j.bodies) - n == 2 * 5  # MM-Vet's evaluator: the ask and 4 read re-asks
         from PIL import Image
 
         Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
@@ -189,8 +203,60 @@ def test_garbage_answers_are_an_error_and_never_cached(tmp_path):
             e.rank_many([(str(tmp_path / "x.png"), "q?", "r", "gt")])
     assert not list((tmp_path / "c").rglob("*.json"))
     with JudgeServer(port=0) as j:
-        e = EndpointJudge({"endpoint": j.url, "model": "m"}, cache_dir=tmp_path / "c")
-        assert len(e.mmhal_many(items)) == 2 and e.client.stats["requests"] == 2
+        e = EndpointJudge(endpoint_judge_cfg(j.url), cache_dir=tmp_path / "c")
+        assert len(e.mmhal_many(items)) == 2 and e.stats["bench"]["requests"] == 2
+
+
+def test_stand_in_with_some_unparsable_answers_is_counted_per_benchmark(tmp_path):
+    """The stand-in answering garbage to a share of the requests: each benchmark scores those
+    as its script does (MMHal 0, LLaVA-W [-1, -1], MM-Vet re-asked, then 0), counts them in
+    ``judge_unparsed_<benchmark>``, and the job goes on while the share is within
+    max_unparsed; past it the job fails naming the benchmark and the count."""
+    from mmablate.studies.mmalign.evaluate import score
+
+    n = 200
+    bench = {b: [{"qid": i, "image": "x.png", "question": f"{b} q{i}?", "gt_answer": "gt",
+                  "image_content": ["Cat"], "context": "c"} for i in range(n)]
+             for b in ("mmhal", "llavaw", "mmvet")}
+    answers = {("x.png", r["question"]): f"answer {r['qid']}" for v in bench.values() for r in v}
+    with JudgeServer(port=0, garbage_share=0.1) as j:
+        cfg = endpoint_judge_cfg(j.url, concurrency=4)
+        cfg["bench"]["max_unparsed"] = 0.25
+        e = EndpointJudge(cfg, cache_dir=tmp_path / "c")
+        m, _ = score(bench, answers, e)
+        garbage = [b for b in j.bodies if reply_for(b, garbage_share=0.1) == GARBAGE]
+    per = {k: sum(kind_of(b["messages"]) == k for b in garbage) for k in bench}
+    # MMHal and LLaVA-W: every unreadable first answer stays unread (no re-ask)
+    assert m["judge_unparsed_mmhal"] == per["mmhal"] and 5 <= per["mmhal"] <= 40
+    assert m["judge_unparsed_llavaw"] == per["llavaw"] and 5 <= per["llavaw"] <= 40
+    # MM-Vet re-asks (another prompt: another draw): few stay unread after four re-asks
+    retried = [b for b in j.bodies if b["messages"][0]["content"].endswith("(digit): ")]
+    assert len(retried) >= per["mmvet"] - m["judge_unparsed_mmvet"] > 0
+    assert m["judge_unparsed_mmvet"] < per["mmvet"]
+    # the published treatment: MMHal's unread ratings are 0 (so "hallucinated")
+    mm_ok = [b for b in j.bodies if kind_of(b["messages"]) == "mmhal"
+             and reply_for(b, garbage_share=0.1) != GARBAGE]
+    rated = [P.parse_mmhal(reply_for(b)) for b in mm_ok]
+    assert m["mmhal"] == pytest.approx(sum(rated) / n)
+    # LLaVA-W: the unread pairs enter both means as -1
+    ll = [reply_for(b, garbage_share=0.1) for b in j.bodies if kind_of(b["messages"]) == "llavaw"]
+    pairs = [P.read_llavaw(r) or (-1.0, -1.0) for r in ll]
+    assert m["llavaw"] == pytest.approx(100 * sum(b for _, b in pairs) / sum(a for a, _ in pairs))
+    # a share of exactly max_unparsed passes; past it: an error naming the benchmark and the
+    # count; the garbage was not cached (asked again), the good answers were
+    k = per["mmhal"]
+    with JudgeServer(port=0, garbage_share=0.1) as j:
+        cfg = endpoint_judge_cfg(j.url)
+        assert cfg["bench"]["max_unparsed"] == 0.05  # paper.yaml's
+        cfg["bench"]["max_unparsed"] = k / n
+        e = EndpointJudge(cfg, cache_dir=tmp_path / "c")
+        assert score({"mmhal": bench["mmhal"]}, answers, e)[0]["judge_unparsed_mmhal"] == k
+        assert e.stats["bench"] == {"requests": k, "cache_hits": n - k, "retries": 0}
+        cfg["bench"]["max_unparsed"] = (k - 1) / n
+        e = EndpointJudge(cfg, cache_dir=tmp_path / "c")
+        with pytest.raises(JudgeError, match=rf"mmhal: {k} of {n} judge answers do not read "
+                                             rf".*more than max_unparsed = {(k - 1) / n:g}"):
+            score({"mmhal": bench["mmhal"]}, answers, e)
 
 
 def test_cached_bad_answer_is_asked_again(tmp_path):
@@ -198,13 +264,13 @@ def test_cached_bad_answer_is_asked_again(tmp_path):
     items = [{"qid": 0, "image": "x.png", "question": "q?", "response": "r", "gt_answer": "g",
               "image_content": ["Cat"]}]
     with JudgeServer(port=0) as j:
-        e = EndpointJudge({"endpoint": j.url, "model": "m"}, cache_dir=tmp_path)
+        e = EndpointJudge(endpoint_judge_cfg(j.url), cache_dir=tmp_path)
         good = e.mmhal_many(items)
         f = next(tmp_path.rglob("*.json"))
         rec = json.loads(f.read_text())
         f.write_text(json.dumps({**rec, "reply": "garbage"}))
-        e2 = EndpointJudge({"endpoint": j.url, "model": "m"}, cache_dir=tmp_path)
-        assert e2.mmhal_many(items) == good and e2.client.stats["requests"] == 1
+        e2 = EndpointJudge(endpoint_judge_cfg(j.url), cache_dir=tmp_path)
+        assert e2.mmhal_many(items) == good and e2.stats["bench"]["requests"] == 1
 
 
 def test_answers_kept_before_scoring_are_reused(assets, tmp_path):
@@ -316,8 +382,9 @@ def test_rehearsal_plans_the_paper_jobs_of_mmalign(assets, tmp_path):
             (work / d).symlink_to(ROOT / d)
     only = tmp_path / "only.yaml"
     only.write_text("gpus: 2\nstudies:\n  rankclip: {enabled: false}\n  pcclip: {enabled: false}\n"
-                    "  pairrank: {enabled: false}\n  mmalign:\n    judge: {endpoint: "
-                    "'http://127.0.0.1:18765/v1'}\n")
+                    "  pairrank: {enabled: false}\n  mmalign:\n    judge:\n"
+                    "      rank: {endpoint: 'http://127.0.0.1:18765/v1'}\n"
+                    "      bench: {endpoint: 'http://127.0.0.1:18765/v1'}\n")
     snake = [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "all"]
     runs = {}
     # paper.yaml's /datasets paths do not exist here: its plan is made with the input checks off

@@ -129,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
     from .bench import add_arguments as bench_args
 
-    s = sub.add_parser("bench", help="time one training step of each study's paper-scale model")
+    s = sub.add_parser("bench", help="time training steps of each study's own trainer at paper shapes")
     bench_args(s)
     s.set_defaults(fn=cmd_bench)
 
@@ -174,6 +174,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("configfiles", nargs="+")
     s.set_defaults(fn=cmd_check_config)
     return p
+
+
+def subcommands() -> dict:
+    """name → the subcommand's parser (its defaults: `fn`, the function it runs; `gpu`)."""
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def gpu_subcommands() -> set:
+    """Subcommands marked as GPU stages (``set_defaults(gpu=True)``): `main` claims a GPU."""
+    return {name for name, p in subcommands().items() if p.get_default("gpu")}
 
 
 def cmd_rehearsal_assets(a):
@@ -232,9 +243,12 @@ def cmd_slurm_check(a):
 
 
 def cmd_launch(a):
-    from .launch import main as launch_main
+    from .launch import run_distributed, subcommand_argv
 
-    return launch_main(a)
+    argv = subcommand_argv(a)
+    if a.nproc <= 1:  # in this process, exactly as `python -m mmablate <subcommand>`
+        return main(argv)
+    return run_distributed(argv, a.nproc, a.log_dir)
 
 
 def cmd_cost(a):

@@ -9,9 +9,10 @@ the commands that claim a GPU, and a profile's per-rule SLURM requests.
   runs torch with config ``threads`` threads (``--threads {resources.torch_threads}``), so the
   numbers do not change. Under SLURM (and in any non-local executor) the factor is 1 and the
   profile's ``set-threads`` is what the job gets.
-* GPU rules ⇔ GPU-claiming commands (`load_rules`, `gpu_drift`): a rule that declares
-  ``resources: gpu`` must run a ``python -m mmablate`` subcommand marked ``gpu=True`` (cli.main
-  then claims a free GPU, mmablate.gpu), and only those rules may run one.
+* The workflow's rules as snakemake reads them (`load_rules`) and the ``python -m mmablate``
+  subcommands their shell lines run (`mmablate_commands`). A rule's ``resources: gpu`` comes
+  from its command's declaration (``gpu=True``: cli.main then claims a free GPU, mmablate.gpu;
+  `mmablate.imports.claims_gpu`, workflow/rules/common.smk).
 * `profile_requests`: each rule's SLURM request as a profile sizes it, for
   ``python -m mmablate slurm-check`` (mmablate.slurm_check).
 """
@@ -113,39 +114,6 @@ def mmablate_commands(shellcmd: str | None) -> list:
                     k = toks.index("--", j) + 1
                     if k < len(toks):
                         out.append(toks[k])
-    return out
-
-
-def gpu_subcommands() -> set:
-    """Subcommands marked as GPU stages (``set_defaults(gpu=True)``): cli.main claims a GPU."""
-    import argparse
-
-    from .cli import parser
-
-    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {name for name, p in sub.choices.items() if p.get_default("gpu")}
-
-
-def gpu_drift(rules) -> list:
-    """Messages for every rule whose `gpu` resource and command disagree (empty: consistent)."""
-    claim = gpu_subcommands()
-    out = []
-    for r in rules:
-        cmds = mmablate_commands(r.shellcmd)
-        if not cmds:
-            if "gpu" in r.resources:
-                out.append(f"rule {r.name}: declares resources gpu but runs no "
-                           f"`python -m mmablate` command that claims one")
-            continue
-        stage = cmds[-1]  # under `launch`, the launched subcommand
-        if "gpu" in r.resources and stage not in claim:
-            out.append(f"rule {r.name}: declares resources gpu but `{stage}` does not claim a "
-                       f"GPU (mark it gpu=True in its study's cli.py)")
-        if "gpu" not in r.resources and stage in claim:
-            out.append(f"rule {r.name}: `{stage}` claims a GPU but the rule declares no "
-                       f"resources gpu (add gpu=GPU)")
-        if "launch" in cmds[:-1] and "gpu" in r.resources and "{resources.gpu}" not in r.shellcmd:
-            out.append(f"rule {r.name}: launches `{stage}` without --nproc {{resources.gpu}}")
     return out
 
 

@@ -1,7 +1,8 @@
 """`python -m mmablate launch --nproc N [--log-dir D] -- <subcommand args...>`: one job, N processes.
 
 * ``N <= 1``: the subcommand runs in this process, exactly as ``python -m mmablate <subcommand>``
-  (a GPU stage claims its one GPU as always; same numbers as without ``launch``).
+  (a GPU stage claims its one GPU as always; same numbers as without ``launch``): `mmablate.cli`
+  dispatches it, this module only checks the command line (`subcommand_argv`).
 * ``N > 1``: when the machine has GPUs, N free device slots are claimed first
   (``mmablate.gpu.claim(count=N)``: ``CUDA_VISIBLE_DEVICES`` = the N ids, held for the whole
   job), then ``torch.distributed.run`` (torchrun) starts N ranks of
@@ -16,7 +17,7 @@
 * When a rank fails, the whole job stops (torchrun terminates the others) and ``launch`` exits 1,
   naming the rank that failed first, its exit code or signal and its log file.
 
-Multi-node jobs are out of scope: one job is one node (DESIGN.md, "A job is one node"); on SLURM
+Multi-node jobs are out of scope: one job is one node (docs/slurm.md, "Multi-GPU jobs"); on SLURM
 the job asks for N GPUs on one node.
 """
 from __future__ import annotations
@@ -56,7 +57,8 @@ def _describe(failure) -> str:
     return f"exit code {code}"
 
 
-def main(a) -> int:
+def subcommand_argv(a) -> list[str]:
+    """The launched subcommand's arguments (after ``--``); refuses none and ``launch`` itself."""
     from .errors import MMAblateError
 
     argv = list(a.argv)
@@ -67,11 +69,7 @@ def main(a) -> int:
                             "<subcommand> [args...])")
     if argv[0] == "launch":
         raise MMAblateError("launch: the subcommand cannot be `launch` itself")
-    if a.nproc <= 1:
-        from .cli import main as cli_main
-
-        return cli_main(argv)
-    return run_distributed(argv, a.nproc, a.log_dir)
+    return argv
 
 
 def run_distributed(argv: list[str], nproc: int, log_dir=None) -> int:

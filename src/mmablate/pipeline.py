@@ -28,13 +28,13 @@ from .util import canonical, config_hash, get_path, set_path, write_if_changed
 
 SRC = Path(__file__).resolve().parent
 REPO = SRC.parent.parent
-# The studies that can run here: every described study (mmablate.studies.spec) whose package
-# is in this checkout.
-STUDIES = tuple(s for s in STUDY_IDS if (SRC / "studies" / s / "pipeline.py").is_file())
+# The studies: every described study (mmablate.studies.spec); each ships its package.
+STUDIES = STUDY_IDS
 
 
-def study_module(study: str):
-    return importlib.import_module(f"mmablate.studies.{study}.pipeline")
+def study_of(study: str):
+    """The study's implementation of the one study protocol (mmablate.studies.protocol)."""
+    return importlib.import_module(f"mmablate.studies.{study}.pipeline").STUDY
 
 
 SEED = "{seed}"  # a Ref's seed: the same seed as the job that reads it
@@ -46,6 +46,40 @@ class Ref:
     stage: str
     h: str
     seed: object = None  # None (not per seed) | int | SEED
+
+
+@dataclass(frozen=True)
+class Job:
+    """One registered job: its stage, config hash and results root. `dir` holds its outputs
+    (`<results>/<study>/<name>/<hash>`); `output(seed)` is its main output file (of `seed`
+    where per seed); `ref(seed)` names it as an upstream of another job."""
+    stage: str
+    hash: str
+    results: str
+
+    @property
+    def template(self) -> str:
+        return stage_outputs()[self.stage]
+
+    @property
+    def dir(self) -> str:
+        t = self.template
+        return f"{self.results}/" + t[:t.index("{h}")] + self.hash
+
+    def output(self, seed=None) -> str:
+        t = self.template
+        if ("{seed}" in t) != (seed is not None):
+            raise ValueError(f"{self.stage}: seed {seed!r} for output template {t!r}")
+        return f"{self.results}/" + t.format(h=self.hash, seed=seed)
+
+    def ref(self, seed=None) -> Ref:
+        """`seed`: an int, SEED (the reading job's own seed) or None (not per seed)."""
+        return Ref(self.stage, self.hash, seed)
+
+
+def ref(job: Job | None, seed=None) -> Ref | None:
+    """`job.ref(seed)`, or None where there is no such job (a real path, a skipped stage)."""
+    return None if job is None else job.ref(seed)
 
 
 @dataclass
@@ -112,10 +146,7 @@ class Pipeline:
         for study, srcs in ps.sources.items():
             names = ", ".join(Path(f).name for f in srcs)
             scfg = self.config["studies"].get(study)
-            if study not in STUDIES:
-                notes.append(f"plan(s) {names}: study {study} is not available in this checkout "
-                             f"(no package mmablate.studies.{study}); skipped")
-            elif scfg is None or not scfg.get("enabled", False):
+            if scfg is None or not scfg.get("enabled", False):
                 notes.append(f"plan(s) {names}: study {study} is disabled in the config; skipped")
             elif "ablations" in scfg:
                 notes.append(f"plan(s) {names}: studies.{study}.ablations is set in the config "
@@ -130,8 +161,9 @@ class Pipeline:
         return f"{' + '.join(self.configfiles)}: {key}"
 
     # ---- stages ----------------------------------------------------------------------------
-    def add_stage(self, stage: str, cfg: dict, needs: dict | None = None) -> str:
-        """Registers the job of `stage` with resolved config `cfg`; returns its config hash.
+    def add_stage(self, stage: str, cfg: dict, needs: dict | None = None) -> Job:
+        """Registers the job of `stage` with resolved config `cfg`; returns it (its config hash,
+        directory, outputs).
 
         `needs` names the upstream jobs it reads, by stage and hash (`Ref`s, or lists of them,
         per input name): the rules' one input function (`inputs`) turns them into those jobs'
@@ -145,12 +177,20 @@ class Pipeline:
             old = self.needs.setdefault(stage, {}).setdefault(h, clean)
             if old != clean:  # the same config must read the same upstream jobs
                 raise RuntimeError(f"{stage} {h}: two different upstream sets: {old} / {clean}")
-        return h
+        return Job(stage, h, self.results)
 
-    def ref(self, stage: str, h: str | None, seed=None):
-        """The output of job `h` of `stage` (None when there is no such job: a real path or
-        a skipped stage). `seed`: an int, SEED (the reading job's own seed) or None."""
-        return None if h is None else Ref(stage, h, seed)
+    def job(self, stage: str, h: str) -> Job:
+        """The registered job `h` of `stage` (a clear error for an unknown one)."""
+        self.stage(stage, h)
+        return Job(stage, h, self.results)
+
+    def job_at(self, stage: str, path: str) -> Job | None:
+        """The registered `stage` job whose directory `path` is or lies in, else None."""
+        for h in self.stages.get(stage, {}):
+            j = Job(stage, h, self.results)
+            if path == j.dir or path.startswith(j.dir + "/"):
+                return j
+        return None
 
     def inputs(self, stage: str, h: str, seed=None) -> dict[str, list[str]]:
         """The files a job of `stage` (config hash `h`, seed `seed`) reads from upstream jobs,
@@ -161,7 +201,7 @@ class Pipeline:
             paths = []
             for r in refs:
                 s = (int(seed) if seed is not None else None) if r.seed == SEED else r.seed
-                p = self.output(r.stage, r.h, s)
+                p = Job(r.stage, r.h, self.results).output(s)
                 if p not in paths:
                     paths.append(p)
             out[name] = paths
@@ -180,14 +220,13 @@ class Pipeline:
 
     def output(self, stage: str, h: str, seed=None) -> str:
         """The main output file of job `h` of `stage` (of seed `seed` where per seed)."""
-        t = stage_outputs()[stage]
-        if ("{seed}" in t) != (seed is not None):
-            raise ValueError(f"{stage}: seed {seed!r} for output template {t!r}")
-        return f"{self.results}/" + t.format(h=h, seed=seed)
+        return Job(stage, h, self.results).output(seed)
 
-    def output_pattern(self, stage: str) -> str:
-        """The rule's output pattern of `stage`, with the {h} (and {seed}) wildcards."""
-        return f"{self.results}/" + stage_outputs()[stage]
+    def output_pattern(self, stage: str, name: str | None = None) -> str:
+        """The rule's output pattern of `stage`, with the {h} (and {seed}) wildcards; with
+        `name`, that of another file the job writes beside its main output."""
+        t = stage_outputs()[stage]
+        return f"{self.results}/" + (t if name is None else f"{t.rpartition('/')[0]}/{name}")
 
     def job_of(self, path: str):
         """(stage, hash, seed or None) of the job whose main output is `path`, else None."""
@@ -204,31 +243,20 @@ class Pipeline:
     def config_path(self, stage: str, h: str) -> str:
         return f"{self.results}/configs/{stage}/{h}.json"
 
-    def world(self, world_cfg: dict) -> str:
-        """Registers a world-generation stage; returns its output directory."""
-        return self.stage_dir("world", self.add_stage("world", world_cfg))
-
-    def stage_dir(self, stage: str, h: str) -> str:
-        """The directory holding job `h`'s outputs (`<results>/<study>/<name>/<hash>`)."""
-        t = stage_outputs()[stage]
-        return f"{self.results}/" + t[:t.index("{h}")] + h
-
-    def hash_of_dir(self, stage: str, path: str) -> str | None:
-        """The hash of the `stage` job whose directory `path` is or lies in, else None."""
-        prefix = self.stage_dir(stage, "")
-        if not path.startswith(prefix):
-            return None
-        return path[len(prefix):].split("/")[0] or None
+    def world(self, world_cfg: dict) -> Job:
+        """Registers the shared world-generation stage; returns its job."""
+        return self.add_stage("world", world_cfg)
 
     # ---- ablations -------------------------------------------------------------------------
     def _plan_study(self, study: str):
-        mod = study_module(study)
+        mod = study_of(study)
         scfg = self.config["studies"][study]
-        refs = mod.references(self, scfg) if hasattr(mod, "references") else []
+        refs = mod.references(self, scfg)
         # metrics a study reports beside the plan's (e.g. a world oracle the paper cannot have)
-        extra = mod.extra_metrics(scfg) if hasattr(mod, "extra_metrics") else []
+        extra = mod.extra_metrics(scfg)
         for k, ab in enumerate(self.study_ablations[study]):
             metrics = list(ab["metrics"]) + [m for m in extra if m not in ab["metrics"]]
+            metrics = mod.table_metrics(scfg, metrics)  # scale-dependent (e.g. one per dataset)
             a = Ablation(study, ab["id"], ab.get("part", ""), ab["key"], metrics)
             base_value = get_path(scfg, ab["key"])
             values = list(ab["values"])
@@ -238,20 +266,20 @@ class Pipeline:
             for value in values:
                 vcfg = copy.deepcopy(scfg)
                 set_path(vcfg, ab["key"], value)
-                h, evals = mod.variant(self, vcfg)
+                job, evals = mod.variant(self, vcfg)
                 a.rows.append(Row(mod.label(ab["key"], value, scfg), value,
-                                  canonical(value) == canonical(base_value), h, evals))
+                                  canonical(value) == canonical(base_value), job.hash, evals))
             a.rows += refs
             self.ablations.append(a)
 
     def ablation_config(self, a: Ablation) -> dict:
-        mod = study_module(a.study)
+        mod = study_of(a.study)
         scfg = self.config["studies"][a.study]
         # a study may label its metrics by scale (e.g. world twins vs the published models)
-        labels = mod.metric_labels(scfg, self.scale) if hasattr(mod, "metric_labels") else {}
+        labels = mod.metric_labels(scfg, self.scale)
         # what the caption must say that the numbers cannot (e.g. rows equal by construction);
         # the key is written only when there is a note, so other ablations' files stay as they were
-        notes = mod.ablation_notes(scfg, a.key, a.rows) if hasattr(mod, "ablation_notes") else []
+        notes = mod.ablation_notes(scfg, a.key, a.rows)
         return {
             "study": a.study, "ablation": a.id, "part": a.part, "key": a.key,
             # the scale the numbers come from: a rehearsal runs the paper configuration's code
@@ -307,24 +335,20 @@ WORLD_OUTPUTS = {"world": "world/{h}/summary.json"}
 
 def stage_outputs() -> dict:
     """stage → its job's main output relative to the results dir: the shared world's and each
-    available study's `stages` (mmablate.studies.spec; the rules' `output:` restate them, a
-    test checks)."""
+    available study's `stages` (mmablate.studies.spec; the rules' `output:` is
+    `Pipeline.output_pattern`)."""
     out = dict(WORLD_OUTPUTS)
     for study in STUDIES:
         out.update(STUDY_SPECS[study].stages)
     return out
 
 
-def sources(*names: str) -> list[str]:
-    """Source files (relative to the repo) that a stage's output depends on."""
-    out = []
-    for n in names:
-        p = SRC / n
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        if not files or not files[0].exists():
-            raise FileNotFoundError(f"stage source {p} not found")
-        out += [str(f.relative_to(REPO)) for f in files]
-    return out
+def stage_job(stage: str) -> str:
+    """The name of a job of `stage` with its wildcards, `<study>/<name>/{h}` (and `/s{seed}`
+    where per seed): its log is `logs/<this>.log`, its benchmark
+    `<results>/benchmarks/<this>.tsv` (workflow/rules/common.smk)."""
+    t = stage_outputs()[stage]
+    return t[:t.index("{h}") + 3] + ("/s{seed}" if "{seed}" in t else "")
 
 
 # ---- plans ---------------------------------------------------------------------------------
@@ -427,7 +451,7 @@ def validate(config: dict, configfiles=("<config>",), ablations: dict | None = N
             raise ConfigError(f"{where}: studies.{study}: unknown study; known: {list(STUDIES)}")
         if not scfg.get("enabled", False):
             continue
-        mod = study_module(study)
+        mod = study_of(study)
         ids = set()
         if ablations is None:  # callers without a Pipeline: the plans in the config's plans_dir
             from .plans.load import load_plans, plan_files
@@ -468,3 +492,7 @@ def validate(config: dict, configfiles=("<config>",), ablations: dict | None = N
                 raise ConfigError(f"{where}: studies.{study}.{akey}: {e}") from None
         # the study's own checks see its effective ablations (from plans or the config)
         mod.validate({**scfg, "ablations": abls}, f"{where}: studies.{study}")
+        from .training.harness import check as check_training
+
+        for key, block in mod.training_blocks(scfg).items():
+            check_training(block, f"{where}: studies.{study}.{key}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -15,24 +16,45 @@ def config_hash(obj, n: int = 12) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()[:n]
 
 
+@contextmanager
+def write_atomic(path):
+    """Yields a temporary path beside `path` to write the whole file to; when the block ends
+    without an error the temporary replaces `path` (`os.replace`: atomic on one file system), so
+    a reader, a concurrent job or a kill mid-write never sees a partial file — the previous
+    content or the new one. On an error the temporary is removed and `path` is left as it was.
+
+        with write_atomic(out) as tmp:
+            torch.save(obj, tmp)
+
+    The temporary, ``<name>.tmp<pid>``, is unique per process and keeps no extension a glob
+    would match; a writer that appends one to a path (``np.save``, ``np.savez``) is given an
+    open file instead: ``with write_atomic(p) as tmp, open(tmp, "wb") as f: np.save(f, a)``.
+    The parent folder is created if missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_if_changed(path, text: str) -> bool:
     """Writes `text` unless the file already holds it (keeps its mtime, so nothing reruns)."""
     path = Path(path)
     if path.is_file() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with write_atomic(path) as tmp:
+        tmp.write_text(text)
     return True
 
 
 def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with write_atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path):

@@ -7,7 +7,8 @@ sys.path.insert(0, SRC_DIR)
 # Jobs run this workflow's own package, whether or not (or wherever) it is pip-installed.
 shell.prefix(f'export PYTHONPATH="{SRC_DIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 from mmablate.errors import MMAblateError
-from mmablate.pipeline import Pipeline, configfile_order, sources
+from mmablate.imports import claims_gpu, stage_sources
+from mmablate.pipeline import Pipeline, configfile_order, stage_job
 
 try:
     P = Pipeline(config, configfile_order(workflow.configfiles, "config/config.yaml"))
@@ -24,11 +25,12 @@ for _note in P.notes:  # plans skipped (study disabled / not in this checkout) o
     print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results
 ENV = "../../envs/mmablate.yaml"
-# Stages that train or run models declare `resources: gpu=GPU`: profiles/slurm sets gpus=1, so
+# Stages that train or run models get `resources: gpu=GPU` (`compute_resources`: where their
+# command is declared a GPU stage, `set_defaults(gpu=True)`): profiles/slurm sets gpus=1, so
 # each asks SLURM for one GPU (a profile's set-resources may give one more GPUs; its command then
 # starts that many processes, `mmablate launch --nproc {resources.gpu}`); locally
 # `--config gpus=1 --resources gpu=<n GPUs>` and the GPU stage's command claims its own device
-# (mmablate.gpu). tests/test_gpu_rules.py keeps these rules and the GPU-claiming commands equal.
+# (mmablate.gpu).
 GPU = int(config.get("gpus", 0))
 
 
@@ -52,6 +54,24 @@ def TORCH_THREADS(wildcards, threads):
     from mmablate.jobs import torch_threads
 
     return torch_threads(threads, _slot_factor())
+
+
+def compute_resources(command):
+    """A compute rule's resources (with `threads: COMPUTE_THREADS`): torch's thread count, and
+    gpu=GPU when `python -m mmablate <command>` is a GPU stage (mmablate.imports.claims_gpu).
+    Use as `resources: **compute_resources("<command>")`."""
+    return {"gpu": GPU, "torch_threads": TORCH_THREADS} if claims_gpu(command) else \
+        {"torch_threads": TORCH_THREADS}
+
+
+# Every stage's log and benchmark file, named after its job (mmablate.pipeline.stage_job):
+# logs/<study>/<stage>/{h}[/s{seed}].log and <results>/benchmarks/<the same>.tsv.
+def stage_log(stage):
+    return f"logs/{stage_job(stage)}.log"
+
+
+def stage_benchmark(stage):
+    return f"{R}/benchmarks/{stage_job(stage)}.tsv"
 
 
 # The run's hooks: the SLURM request check before any sbatch; the fork server of local runs.

@@ -5,7 +5,9 @@
 #   stops the run, naming the rule and the resource (mmablate.slurm_check); so does a profile
 #   sized for another scale;
 # * with the local executor: the fork server that imports torch & co. once for all jobs
-#   (mmablate.forkserver; `--config forkserver=false` turns it off).
+#   (mmablate.forkserver; `--config forkserver=false` turns it off; docs/forkserver.md). At the
+#   run's end (onsuccess/onerror) it is stopped, the jobs rerun after a worker crash are
+#   listed, and the served jobs' benchmark files get their workers' wall/CPU/peak RSS.
 onstart:
     if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
         from mmablate.slurm_check import check_jobs
@@ -20,10 +22,10 @@ onstart:
 onsuccess:
     from mmablate.forkserver import workflow_stop
 
-    workflow_stop()
+    workflow_stop(workflow)
 
 
 onerror:
     from mmablate.forkserver import workflow_stop
 
-    workflow_stop()
+    workflow_stop(workflow)

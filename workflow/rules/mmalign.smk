@@ -1,13 +1,15 @@
+# Each stage's output, log and benchmark are its output in mmablate.studies.spec (`P.output_pattern`,
+# `stage_log`, `stage_benchmark`); its `src` input and GPU mark follow its command (common.smk).
 rule mmalign_data:
     input:
         cfg=stage_input("mmalign_data"),
-        src=sources(f"{MMA_SRC}/worlddata.py", "world/scenes.py", "world/vqa.py"),
+        src=stage_sources("mmalign-data"),
     output:
-        f"{R}/mmalign/data/{{h}}/summary.json",
+        P.output_pattern("mmalign_data"),
     log:
-        f"logs/mmalign/data/{{h}}.log",
+        stage_log("mmalign_data"),
     benchmark:
-        f"{R}/benchmarks/mmalign/data/{{h}}.tsv"
+        stage_benchmark("mmalign_data")
     conda:
         ENV
     shell:
@@ -18,19 +20,17 @@ rule mmalign_sft:
     input:
         unpack(upstream("mmalign_sft")),
         cfg=stage_input("mmalign_sft"),
-        src=sources(f"{MMA_SRC}/sft.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py", "training",
-                    "data/imagetext.py", "world/scenes.py", "world/vqa.py"),
+        src=stage_sources("mmalign-sft"),
     output:
-        f"{R}/mmalign/sft/{{h}}/summary.json",
+        P.output_pattern("mmalign_sft"),
     log:
-        f"logs/mmalign/sft/{{h}}.log",
+        stage_log("mmalign_sft"),
     benchmark:
-        f"{R}/benchmarks/mmalign/sft/{{h}}.tsv"
+        stage_benchmark("mmalign_sft")
     priority: 30  # the shared SFT base: every mmalign job waits for it (critical path)
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("mmalign-sft"),
     conda:
         ENV
     shell:
@@ -43,19 +43,16 @@ rule mmalign_bdhs:
     input:
         unpack(upstream("mmalign_bdhs")),
         cfg=stage_input("mmalign_bdhs"),
-        src=sources(f"{MMA_SRC}/bdhs.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/judge.py",
-                    f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "data/imagetext.py", "training/schedule.py",
-                    "world/scenes.py", "world/vqa.py"),
+        src=stage_sources("mmalign-bdhs"),
     output:
-        f"{R}/mmalign/bdhs/{{h}}/bdhs.jsonl",
+        P.output_pattern("mmalign_bdhs"),
     log:
-        f"logs/mmalign/bdhs/{{h}}.log",
+        stage_log("mmalign_bdhs"),
     benchmark:
-        f"{R}/benchmarks/mmalign/bdhs/{{h}}.tsv"
+        stage_benchmark("mmalign_bdhs")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("mmalign-bdhs"),
     conda:
         ENV
     shell:
@@ -67,20 +64,16 @@ rule mmalign_dpo:
     input:
         unpack(upstream("mmalign_dpo")),
         cfg=stage_input("mmalign_dpo"),
-        src=sources(f"{MMA_SRC}/dpo.py", f"{MMA_SRC}/trainer.py", f"{MMA_SRC}/evaluate.py",
-                    f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py", f"{MMA_SRC}/data.py",
-                    f"{MMA_SRC}/protocols.py", "report/flags.py",
-                    "world/vqa.py", "data/imagetext.py", "training", "world/scenes.py"),
+        src=stage_sources("mmalign-dpo"),
     output:
-        f"{R}/mmalign/dpo/{{h}}/s{{seed}}/metrics.json",
+        P.output_pattern("mmalign_dpo"),
     log:
-        f"logs/mmalign/dpo/{{h}}/s{{seed}}.log",
+        stage_log("mmalign_dpo"),
     benchmark:
-        f"{R}/benchmarks/mmalign/dpo/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("mmalign_dpo")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("mmalign-dpo"),
     conda:
         ENV
     shell:
@@ -93,19 +86,16 @@ rule mmalign_eval:
     input:
         unpack(upstream("mmalign_eval")),
         cfg=stage_input("mmalign_eval"),
-        src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
-                    f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "world/vqa.py",
-                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
+        src=stage_sources("mmalign-eval"),
     output:
-        f"{R}/mmalign/eval/{{h}}/metrics.json",
+        P.output_pattern("mmalign_eval"),
     log:
-        f"logs/mmalign/eval/{{h}}.log",
+        stage_log("mmalign_eval"),
     benchmark:
-        f"{R}/benchmarks/mmalign/eval/{{h}}.tsv"
+        stage_benchmark("mmalign_eval")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("mmalign-eval"),
     conda:
         ENV
     shell:
@@ -121,20 +111,16 @@ rule mmalign_bench:
     input:
         unpack(upstream("mmalign_bench")),
         cfg=stage_input("mmalign_bench"),
-        src=sources(f"{MMA_SRC}/evaluate.py", f"{MMA_SRC}/judge.py", f"{MMA_SRC}/model.py",
-                    f"{MMA_SRC}/data.py", f"{MMA_SRC}/protocols.py", "world/vqa.py",
-                    "data/imagetext.py", "training/schedule.py", "world/scenes.py",
-                    f"{MMA_SRC}/preflight.py"),
+        src=stage_sources("mmalign-bench"),
     output:
-        f"{R}/mmalign/bench/{{h}}/metrics.json",
+        P.output_pattern("mmalign_bench"),
     log:
-        f"logs/mmalign/bench/{{h}}.log",
+        stage_log("mmalign_bench"),
     benchmark:
-        f"{R}/benchmarks/mmalign/bench/{{h}}.tsv"
+        stage_benchmark("mmalign_bench")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("mmalign-bench"),
     conda:
         ENV
     shell:
@@ -146,13 +132,13 @@ rule mmalign_merge:
     input:
         unpack(upstream("mmalign_merge")),
         cfg=stage_input("mmalign_merge"),
-        src=sources(f"{MMA_SRC}/cli.py", "report/flags.py"),
+        src=stage_sources("mmalign-merge"),
     output:
-        f"{R}/mmalign/merge/{{h}}/metrics.json",
+        P.output_pattern("mmalign_merge"),
     log:
-        f"logs/mmalign/merge/{{h}}.log",
+        stage_log("mmalign_merge"),
     benchmark:
-        f"{R}/benchmarks/mmalign/merge/{{h}}.tsv"
+        stage_benchmark("mmalign_merge")
     conda:
         ENV
     shell:

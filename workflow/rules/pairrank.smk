@@ -1,13 +1,15 @@
+# Each stage's output, log and benchmark are its output in mmablate.studies.spec (`P.output_pattern`,
+# `stage_log`, `stage_benchmark`); its `src` input and GPU mark follow its command (common.smk).
 rule pairrank_world:
     input:
         cfg=stage_input("pairrank_world"),
-        src=sources("world/preference.py", "world/scenes.py"),
+        src=stage_sources("pairrank-world"),
     output:
-        f"{R}/pairrank/world/{{h}}/summary.json",
+        P.output_pattern("pairrank_world"),
     log:
-        f"logs/pairrank/world/{{h}}.log",
+        stage_log("pairrank_world"),
     benchmark:
-        f"{R}/benchmarks/pairrank/world/{{h}}.tsv"
+        stage_benchmark("pairrank_world")
     conda:
         ENV
     shell:
@@ -18,19 +20,17 @@ rule pairrank_base:
     input:
         unpack(upstream("pairrank_base")),
         cfg=stage_input("pairrank_base"),
-        src=sources("studies/pairrank/diffusion.py", "data/pickapic.py", "models", "training",
-                    "world/scenes.py"),
+        src=stage_sources("pairrank-pretrain"),
     output:
-        f"{R}/pairrank/base/{{h}}/t2i.json",
+        P.output_pattern("pairrank_base"),
     log:
-        f"logs/pairrank/base/{{h}}.log",
+        stage_log("pairrank_base"),
     benchmark:
-        f"{R}/benchmarks/pairrank/base/{{h}}.tsv"
+        stage_benchmark("pairrank_base")
     priority: 30  # UNet pretraining: every DPO/eval job of the study waits for it
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pairrank-pretrain"),
     conda:
         ENV
     shell:
@@ -43,19 +43,16 @@ rule pairrank_reward:
     input:
         unpack(upstream("pairrank_reward")),
         cfg=stage_input("pairrank_reward"),
-        src=sources("studies/pairrank/rewards.py", "studies/pairrank/image_reward.py",
-                    "data/pickapic.py", "models",
-                    "studies/pairrank/diffusion.py", "training", "world/scenes.py"),
+        src=stage_sources("pairrank-reward"),
     output:
-        f"{R}/pairrank/reward/{{h}}/model.pt",
+        P.output_pattern("pairrank_reward"),
     log:
-        f"logs/pairrank/reward/{{h}}.log",
+        stage_log("pairrank_reward"),
     benchmark:
-        f"{R}/benchmarks/pairrank/reward/{{h}}.tsv"
+        stage_benchmark("pairrank_reward")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pairrank-reward"),
     conda:
         ENV
     shell:
@@ -68,19 +65,16 @@ rule pairrank_score:
     input:
         unpack(upstream("pairrank_score")),
         cfg=stage_input("pairrank_score"),
-        src=sources("studies/pairrank/rewards.py", "studies/pairrank/image_reward.py",
-                    "data/pickapic.py", "models",
-                    "studies/pairrank/diffusion.py", "training", "world/scenes.py"),
+        src=stage_sources("pairrank-score"),
     output:
-        f"{R}/pairrank/score/{{h}}/scores.npz",
+        P.output_pattern("pairrank_score"),
     log:
-        f"logs/pairrank/score/{{h}}.log",
+        stage_log("pairrank_score"),
     benchmark:
-        f"{R}/benchmarks/pairrank/score/{{h}}.tsv"
+        stage_benchmark("pairrank_score")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pairrank-score"),
     conda:
         ENV
     shell:
@@ -92,13 +86,13 @@ rule pairrank_select:
     input:
         unpack(upstream("pairrank_select")),
         cfg=stage_input("pairrank_select"),
-        src=sources("studies/pairrank/selection.py", "data/pickapic.py"),
+        src=stage_sources("pairrank-select"),
     output:
-        f"{R}/pairrank/select/{{h}}/selection.json",
+        P.output_pattern("pairrank_select"),
     log:
-        f"logs/pairrank/select/{{h}}.log",
+        stage_log("pairrank_select"),
     benchmark:
-        f"{R}/benchmarks/pairrank/select/{{h}}.tsv"
+        stage_benchmark("pairrank_select")
     conda:
         ENV
     shell:
@@ -109,18 +103,16 @@ rule pairrank_dpo:
     input:
         unpack(upstream("pairrank_dpo")),
         cfg=stage_input("pairrank_dpo"),
-        src=sources("studies/pairrank/dpo.py", "studies/pairrank/diffusion.py", "data/pickapic.py",
-                    "studies/pairrank/losses.py", "training", "models/clip.py", "models/tokenizer.py", "world/scenes.py"),
+        src=stage_sources("pairrank-dpo"),
     output:
-        f"{R}/pairrank/dpo/{{h}}/s{{seed}}/lora/adapter.pt",
+        P.output_pattern("pairrank_dpo"),
     log:
-        f"logs/pairrank/dpo/{{h}}/s{{seed}}.log",
+        stage_log("pairrank_dpo"),
     benchmark:
-        f"{R}/benchmarks/pairrank/dpo/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("pairrank_dpo")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pairrank-dpo"),
     conda:
         ENV
     shell:
@@ -133,24 +125,19 @@ rule pairrank_eval:
     input:
         unpack(upstream("pairrank_eval")),
         cfg=stage_input("pairrank_eval"),
-        src=sources("studies/pairrank/evaluate.py", "studies/pairrank/rewards.py",
-                    "studies/pairrank/image_reward.py",
-                    "studies/pairrank/diffusion.py", "studies/pairrank/dpo.py",
-                    "studies/pairrank/losses.py", "world/preference.py", "data/pickapic.py",
-                    "models/clip.py", "models/tokenizer.py", "training", "world/scenes.py"),
+        src=stage_sources("pairrank-eval"),
     output:
-        json=f"{R}/pairrank/eval/{{h}}/s{{seed}}/metrics.json",
-        grid=report(f"{R}/pairrank/eval/{{h}}/s{{seed}}/samples.png",
+        json=P.output_pattern("pairrank_eval"),
+        grid=report(P.output_pattern("pairrank_eval", "samples.png"),
                     caption="../report/pairrank_samples.rst", category="Figures",
                     subcategory="pairrank samples"),
     log:
-        f"logs/pairrank/eval/{{h}}/s{{seed}}.log",
+        stage_log("pairrank_eval"),
     benchmark:
-        f"{R}/benchmarks/pairrank/eval/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("pairrank_eval")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pairrank-eval"),
     conda:
         ENV
     shell:
@@ -162,17 +149,16 @@ rule pairrank_distfig:
     input:
         unpack(upstream("pairrank_distfig")),
         cfg=stage_input("pairrank_distfig"),
-        src=sources("studies/pairrank/figures.py", "studies/pairrank/selection.py",
-                    "data/pickapic.py", "studies/spec.py"),
+        src=stage_sources("pairrank-distfig"),
     output:
-        png=report(f"{R}/pairrank/distfig/{{h}}/quality_distributions.png",
+        png=report(P.output_pattern("pairrank_distfig"),
                    caption="../report/pairrank_distributions.rst", category="Figures",
                    subcategory="pairrank"),
-        pdf=f"{R}/pairrank/distfig/{{h}}/quality_distributions.pdf",
+        pdf=P.output_pattern("pairrank_distfig", "quality_distributions.pdf"),
     log:
-        f"logs/pairrank/distfig/{{h}}.log",
+        stage_log("pairrank_distfig"),
     benchmark:
-        f"{R}/benchmarks/pairrank/distfig/{{h}}.tsv"
+        stage_benchmark("pairrank_distfig")
     conda:
         ENV
     shell:

@@ -1,13 +1,15 @@
+# Each stage's output, log and benchmark are its output in mmablate.studies.spec (`P.output_pattern`,
+# `stage_log`, `stage_benchmark`); its `src` input and GPU mark follow its command (common.smk).
 rule pcclip_pairs:
     input:
         cfg=stage_input("pcclip_pairs"),
-        src=sources("studies/pcclip/data.py", "world/pairs.py", "world/scenes.py"),
+        src=stage_sources("pcclip-pairs"),
     output:
-        f"{R}/pcclip/pairs/{{h}}/pairs.csv",
+        P.output_pattern("pcclip_pairs"),
     log:
-        f"logs/pcclip/pairs/{{h}}.log",
+        stage_log("pcclip_pairs"),
     benchmark:
-        f"{R}/benchmarks/pcclip/pairs/{{h}}.tsv"
+        stage_benchmark("pcclip_pairs")
     conda:
         ENV
     shell:
@@ -18,19 +20,17 @@ rule pcclip_captioner:
     input:
         unpack(upstream("pcclip_captioner")),
         cfg=stage_input("pcclip_captioner"),
-        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py", "training",
-                    "world/pairs.py", "world/scenes.py"),
+        src=stage_sources("pcclip-captioner"),
     output:
-        f"{R}/pcclip/captioner/{{h}}/summary.json",
+        P.output_pattern("pcclip_captioner"),
     log:
-        f"logs/pcclip/captioner/{{h}}.log",
+        stage_log("pcclip_captioner"),
     benchmark:
-        f"{R}/benchmarks/pcclip/captioner/{{h}}.tsv"
+        stage_benchmark("pcclip_captioner")
     priority: 20  # the captioners: the captions, hence every finetune, wait for them
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pcclip-captioner"),
     conda:
         ENV
     shell:
@@ -43,18 +43,16 @@ rule pcclip_captions:
     input:
         unpack(upstream("pcclip_captions")),
         cfg=stage_input("pcclip_captions"),
-        src=sources("studies/pcclip/captioners.py", "studies/pcclip/data.py",
-                    "training", "world/pairs.py", "world/scenes.py"),
+        src=stage_sources("pcclip-captions"),
     output:
-        f"{R}/pcclip/captions/{{h}}/captions.csv",
+        P.output_pattern("pcclip_captions"),
     log:
-        f"logs/pcclip/captions/{{h}}.log",
+        stage_log("pcclip_captions"),
     benchmark:
-        f"{R}/benchmarks/pcclip/captions/{{h}}.tsv"
+        stage_benchmark("pcclip_captions")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pcclip-captions"),
     conda:
         ENV
     shell:
@@ -66,19 +64,16 @@ rule pcclip_embed:
     input:
         unpack(upstream("pcclip_embed")),
         cfg=stage_input("pcclip_embed"),
-        src=sources("studies/pcclip/finetune.py", "studies/pcclip/data.py", "models",
-                    "data/imagetext.py", "studies/pcclip/losses.py", "training",
-                    "world/pairs.py", "world/scenes.py"),
+        src=stage_sources("pcclip-embed"),
     output:
-        f"{R}/pcclip/embed/{{h}}/s{{seed}}/embeddings.pt",
+        P.output_pattern("pcclip_embed"),
     log:
-        f"logs/pcclip/embed/{{h}}/s{{seed}}.log",
+        stage_log("pcclip_embed"),
     benchmark:
-        f"{R}/benchmarks/pcclip/embed/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("pcclip_embed")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pcclip-embed"),
     conda:
         ENV
     shell:
@@ -90,21 +85,18 @@ rule pcclip_finetune:
     input:
         unpack(upstream("pcclip_finetune")),
         cfg=stage_input("pcclip_finetune"),
-        src=sources("studies/pcclip/finetune.py", "studies/pcclip/losses.py",
-                    "studies/pcclip/data.py", "models", "training", "data/imagetext.py",
-                    "world/pairs.py", "world/scenes.py"),
+        src=stage_sources("pcclip-finetune"),
     output:
-        f"{R}/pcclip/finetune/{{h}}/s{{seed}}/model.pt",
+        P.output_pattern("pcclip_finetune"),
     params:
         embed=lambda w, input: f"--embed {input.embed}" if "embed" in input.keys() else "",
     log:
-        f"logs/pcclip/finetune/{{h}}/s{{seed}}.log",
+        stage_log("pcclip_finetune"),
     benchmark:
-        f"{R}/benchmarks/pcclip/finetune/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("pcclip_finetune")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pcclip-finetune"),
     conda:
         ENV
     shell:
@@ -118,23 +110,19 @@ rule pcclip_eval:
     input:
         unpack(upstream("pcclip_eval")),
         cfg=stage_input("pcclip_eval"),
-        src=sources("studies/pcclip/evaluate.py", "studies/pcclip/finetune.py",
-                    "studies/pcclip/losses.py", "studies/pcclip/data.py", "metrics/zeroshot.py",
-                    "models", "data/imagetext.py", "training", "world/pairs.py",
-                    "world/scenes.py"),
+        src=stage_sources("pcclip-eval"),
     output:
-        f"{R}/pcclip/eval/{{h}}/s{{seed}}/metrics.json",
+        P.output_pattern("pcclip_eval"),
     params:
         model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
         embed=lambda w, input: f"--embed {input.embed}" if "embed" in input.keys() else "",
     log:
-        f"logs/pcclip/eval/{{h}}/s{{seed}}.log",
+        stage_log("pcclip_eval"),
     benchmark:
-        f"{R}/benchmarks/pcclip/eval/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("pcclip_eval")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("pcclip-eval"),
     conda:
         ENV
     shell:

@@ -1,21 +1,20 @@
+# Each stage's output, log and benchmark are its output in mmablate.studies.spec (`P.output_pattern`,
+# `stage_log`, `stage_benchmark`); its `src` input and GPU mark follow its command (common.smk).
 rule rankclip_train:
     input:
         unpack(upstream("rankclip_train")),
         cfg=stage_input("rankclip_train"),
-        src=sources("studies/rankclip/losses.py", "studies/rankclip/train.py", "models",
-                    "data/imagetext.py", "data/shards.py", "training",
-                    "studies/rankclip/losses_meta.py", "world/scenes.py"),
+        src=stage_sources("rankclip-train"),
     output:
-        f"{R}/rankclip/train/{{h}}/s{{seed}}/model.pt",
+        P.output_pattern("rankclip_train"),
     log:
-        f"logs/rankclip/train/{{h}}/s{{seed}}.log",
+        stage_log("rankclip_train"),
     benchmark:
-        f"{R}/benchmarks/rankclip/train/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("rankclip_train")
     priority: 10  # includes the shared world CLIP that PC-CLIP and pair ranking start from
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("rankclip-train"),
     conda:
         ENV
     shell:
@@ -28,18 +27,16 @@ rule rankclip_eval:
     input:
         unpack(upstream("rankclip_eval")),
         cfg=stage_input("rankclip_eval"),
-        src=sources("studies/rankclip/evaluate.py", "metrics/zeroshot.py", "models",
-                    "data/imagetext.py", "training/schedule.py", "world/scenes.py"),
+        src=stage_sources("rankclip-eval"),
     output:
-        f"{R}/rankclip/eval/{{h}}/s{{seed}}/metrics.json",
+        P.output_pattern("rankclip_eval"),
     log:
-        f"logs/rankclip/eval/{{h}}/s{{seed}}.log",
+        stage_log("rankclip_eval"),
     benchmark:
-        f"{R}/benchmarks/rankclip/eval/{{h}}/s{{seed}}.tsv"
+        stage_benchmark("rankclip_eval")
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPU,
-        torch_threads=TORCH_THREADS,
+        **compute_resources("rankclip-eval"),
     conda:
         ENV
     shell:

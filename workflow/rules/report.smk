@@ -7,7 +7,7 @@ rule collect:
     input:
         ablation=f"{R}/configs/ablation/{{ab}}.json",
         evals=lambda w: P.ablation_evals(w.ab),
-        src=sources("report/collect.py"),
+        src=stage_sources("collect"),
     output:
         f"{R}/ablations/{{ab}}/metrics.csv",
     log:
@@ -25,7 +25,7 @@ rule table:
         ablation=f"{R}/configs/ablation/{{ab}}.json",
         metrics=f"{R}/ablations/{{ab}}/metrics.csv",
         evals=lambda w: P.ablation_evals(w.ab),  # the records: collapse and identical-output notes
-        src=sources("report/tables.py", "report/summary.py", "report/flags.py"),
+        src=stage_sources("table"),
     output:
         md=f"{R}/tables/{{ab}}.md",
         tex=f"{R}/tables/{{ab}}.tex",
@@ -46,7 +46,7 @@ rule figure:
     input:
         ablation=f"{R}/configs/ablation/{{ab}}.json",
         metrics=f"{R}/ablations/{{ab}}/metrics.csv",
-        src=sources("report/figures.py", "report/summary.py"),
+        src=stage_sources("figure"),
     output:
         png=report(f"{R}/figures/{{ab}}.png", caption="../report/figure.rst", category="Figures",
                    subcategory="{ab}"),
@@ -65,7 +65,7 @@ rule figure:
 rule metrics_all:
     input:
         csvs=[f"{R}/ablations/{a.name}/metrics.csv" for a in P.ablations],
-        src=sources("report/collect.py"),
+        src=stage_sources("concat"),
     output:
         f"{R}/metrics.csv",
     log:

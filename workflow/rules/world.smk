@@ -1,14 +1,15 @@
+# The world stage's output, log and benchmark are its output in mmablate.pipeline.WORLD_OUTPUTS
+# (`P.output_pattern`, `stage_log`, `stage_benchmark`); its `src` input follows its command (common.smk).
 rule world:
     input:
         cfg=stage_input("world"),
-        src=sources("world/__init__.py", "world/datasets.py", "world/scenes.py",
-                    "data/shards.py"),
+        src=stage_sources("world"),
     output:
-        f"{R}/world/{{h}}/summary.json",
+        P.output_pattern("world"),
     log:
-        f"logs/world/{{h}}.log",
+        stage_log("world"),
     benchmark:
-        f"{R}/benchmarks/world/{{h}}.tsv"
+        stage_benchmark("world")
     conda:
         ENV
     shell:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-# Config keys whose files or directories the studies' checks require to exist (mmablate.studies.
-# <id>.pipeline.validate). Absent ones get an empty stand-in for planning; tests/test_cost.py
+# Config keys whose files or directories the studies' checks require to exist (each study's
+# `validate`, mmablate.studies.protocol). Absent ones get an empty stand-in for planning; tests/test_cost.py
 # builds the paper DAG with every one of them absent, so a new required path shows up there.
 DATA_PATHS = {
     "rankclip": {"data.root": "dir", "data.eval_root": "dir"},
@@ -81,10 +81,13 @@ def planning_config(cfg: dict, tmp: Path) -> tuple[dict, list]:
             set_path(sc, key, str(p))
             stood.append(f"studies.{study}.{key}: {v} not at hand")
     mm = cfg.get("studies", {}).get("mmalign")
-    if mm and mm.get("enabled") and mm.get("judge", {}).get("kind") == "endpoint" \
-            and not mm["judge"].get("endpoint"):
-        mm["judge"]["endpoint"] = "http://judge.invalid/v1"
-        stood.append("studies.mmalign.judge.endpoint: unset (judge requests are not priced)")
+    if mm and mm.get("enabled") and mm.get("judge", {}).get("kind") == "endpoint":
+        for role in ("rank", "bench"):
+            r = mm["judge"].get(role)
+            if isinstance(r, dict) and not r.get("endpoint"):
+                r["endpoint"] = "http://judge.invalid/v1"
+                stood.append(f"studies.mmalign.judge.{role}.endpoint: unset (judge requests "
+                             f"are not priced)")
     return cfg, stood
 
 

@@ -39,6 +39,14 @@ PUBLISHED_SIZES = {
     "gqa": (12_578, "Hudson & Manning 2019 (GQA): 12,578 test-dev balanced questions"),
     "recall_coco": (500, "the 500 COCO val2014 images POPE asks about (recall_coco.subset: pope)"),
     "pcclip_eval_pairs": (1_000, "paper.yaml: pcclip-coco-eval-pairs --n-pairs 1000"),
+    # PC-CLIP's benchmarks (studies/pcclip/benchmarks.py): the test images each one encodes
+    "bench_cifar10": (10_000, "Krizhevsky 2009: CIFAR-10 test batch, 10,000 images"),
+    "bench_cifar100": (10_000, "Krizhevsky 2009: CIFAR-100 test, 10,000 images"),
+    "bench_eurosat": (2_700, "Helber et al. 2019: 27,000 EuroSAT RGB images; the authors' last 10 %"),
+    "bench_sun397": (10_876, "Xiao et al. 2010: 108,754 SUN397 images; the authors' last 10 %"),
+    "bench_flowers": (6_149, "Nilsback & Zisserman 2008: Flowers102 test split, 6,149 images"),
+    "bench_cub": (5_794, "Wah et al. 2011: CUB-200-2011 test split, 5,794 images"),
+    "bench_awa2": (7_913, "Xian et al. 2018: AwA2's 10 test classes, 7,913 images"),
 }
 # Lengths that are not in a config and are not read from the data here (each one says so)
 ASSUMED = {
@@ -96,8 +104,10 @@ BYTES_BF16 = 2
 def _upstream_cfg(P, path: str, stage: str):
     """The stage config of the `stage` job whose output or directory `path` is (None if none)."""
     j = P.job_of(str(path))
-    h = j[1] if j and j[0] == stage else P.hash_of_dir(stage, str(path))
-    return P.stages.get(stage, {}).get(h) if h else None
+    if j and j[0] == stage:
+        return P.stages.get(stage, {}).get(j[1])
+    job = P.job_at(stage, str(path))
+    return P.stages[stage][job.hash] if job else None
 
 
 def _exists(p) -> bool:
@@ -339,7 +349,35 @@ def pcclip_eval(P, h, cfg, seed):
                    images.n, [images]),
               Work(f"{mb['arch']} text fwd (class prompts)", "forward", M.clip_flops(mb, "text"),
                    cls.n, [cls])]
+    if ev.get("benchmarks"):
+        items += _pcclip_bench_work(mb, ev["benchmarks"])
     return JobWork(items)
+
+
+BENCH_CLASSES = {"cifar10": 10, "cifar100": 100, "eurosat": 10, "sun397": 397, "flowers": 102,
+                 "cub": 200, "awa2": 10}  # each dataset's class count (one prompt each)
+
+
+def _pcclip_bench_work(mb, b) -> list:
+    """The authors' benchmarks: each zero-shot test set once; each difference task ≤ 100 images
+    and ≤ 4,950 pairs a seed (`benchmarks.group_pairs`: 100 sampled, i < j)."""
+    from ..studies.pcclip.benchmarks import DIFFERENCE, ZEROSHOT
+
+    zs = list(b.get("zeroshot", ZEROSHOT))
+    counts = [Count(PUBLISHED_SIZES[f"bench_{n}"][0], "published", PUBLISHED_SIZES[f"bench_{n}"][1])
+              for n in zs]
+    seeds, tasks = int(b.get("seeds", 5)), len(b.get("difference", DIFFERENCE))
+    n_img = sum(c.n for c in counts) + tasks * seeds * 100
+    n_cls = sum(BENCH_CLASSES[n] for n in zs)
+    n_txt = tasks * seeds * 4_950 + n_cls
+    basis = counts + [Count(tasks * seeds * 100, "config",
+                            f"{tasks} difference tasks × {seeds} seeds × ≤ 100 images")]
+    return [Work(f"{mb['arch']} image fwd (PC-CLIP benchmarks)", "forward",
+                 M.clip_flops(mb, "image"), n_img, basis),
+            Work(f"{mb['arch']} text fwd (benchmark prompts, difference texts)", "forward",
+                 M.clip_flops(mb, "text"), n_txt,
+                 [Count(n_txt, "config", f"{tasks} tasks × {seeds} seeds × ≤ 4,950 pairs (an "
+                                         f"upper bound) + {n_cls} class prompts")])]
 
 
 # ---- pairrank -------------------------------------------------------------------------------------
@@ -607,11 +645,12 @@ def _bench_model(P, model: str):
     """(LLaVA spec, sft hash) of a benchmark job's model: the SFT base, a DPO job's model (whose
     config names its base) or a hub id."""
     m = str(model)
-    sft = P.hash_of_dir("mmalign_sft", m)
+    job = P.job_at("mmalign_sft", m)
+    sft = job.hash if job else None
     if sft is None:
-        dh = P.hash_of_dir("mmalign_dpo", m)
-        if dh is not None:
-            d = P.stages["mmalign_dpo"][dh]
+        dpo = P.job_at("mmalign_dpo", m)
+        if dpo is not None:
+            d = P.stages["mmalign_dpo"][dpo.hash]
             sft, m = d.get("sft"), d["model"]["base"]
     return _llava(P, m, sft), sft
 

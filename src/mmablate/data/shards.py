@@ -253,12 +253,11 @@ def read_all(shards, transform, tokenize, progress: bool = True, cache_dir=None,
         try:
             import numpy as np
 
-            from ..util import write_json
+            from ..util import write_atomic, write_json
 
             for name, t in (("images", images), ("tokens", tokens)):
-                tmp = Path(f"{base}.{name}.tmp.npy")
-                np.save(tmp, t.numpy())
-                os.replace(tmp, f"{base}.{name}.npy")
+                with write_atomic(f"{base}.{name}.npy") as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, t.numpy())
             # written last: its presence marks a complete entry
             write_json(f"{base}.json", dict(ident, skipped=skipped, n=len(images)))
         except OSError as e:

@@ -1,8 +1,7 @@
 """`python -m mmablate plan check|show FILE...` — what a plan document will run, before it runs.
 
 Exit status of `check`: 0 the plan checks (and will run, or a note says why not: study disabled,
-overridden by the config); 1 it does not check (each problem with file:line and what is known);
-3 it checks but its study is not available in this checkout.
+overridden by the config); 1 it does not check (each problem with file:line and what is known).
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_BAD, EXIT_UNAVAILABLE = 0, 1, 3
+EXIT_OK, EXIT_BAD = 0, 1
 
 
 def register(sub) -> None:
@@ -64,7 +63,7 @@ def cmd_check(a) -> int:
 def _check_one(path: Path, config_files) -> int:
     from ..config import load
     from ..errors import ConfigError
-    from ..pipeline import REPO, STUDIES, Pipeline, plans_dir
+    from ..pipeline import REPO, Pipeline, plans_dir
     from .load import load_plans, plan_files
     from .parse import PlanError, parse_plan
     from .registry import REGISTRY
@@ -87,11 +86,6 @@ def _check_one(path: Path, config_files) -> int:
         print("  values:  " + ", ".join(f"{_fmt(v)} (line {ln})"
                                         for v, ln in zip(ab.values, ab.value_lines)))
         print(f"  metrics: {', '.join(ab.metrics)}")
-
-    if plan.study not in STUDIES:
-        print(f"study {plan.study}: not available in this checkout (no package "
-              f"mmablate.studies.{plan.study}); the plan checks, but nothing can run here")
-        return EXIT_UNAVAILABLE
 
     cfg_files = config_files or [str(REPO / "config" / "config.yaml")]
     try:

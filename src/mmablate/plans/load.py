@@ -12,8 +12,7 @@ Rule (also in config/plans/README.md):
   hash and run once (one plan ablating a part twice is refused by the parser);
 - a study block that lists `ablations:` explicitly in the config (e.g. an overlay trimming the
   values for a quick run) uses those instead of its plans; `check-config` says so;
-- a plan whose study is disabled or not installed in this checkout is parsed and checked, then
-  skipped with a note; a plan that does not check stops the pipeline before anything runs.
+- a plan whose study is disabled is parsed and checked, then skipped with a note; a plan that does not check stops the pipeline before anything runs.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What a plan can ask of each study: its ablatable parts, their values, its metrics.
 
-Derived from the study descriptions (`mmablate.studies.spec`, plain data: all four studies,
-whether or not a study's package is in this checkout; no study package is imported). A part =
+Derived from the study descriptions (`mmablate.studies.spec`, plain data: all four studies;
+no study package is imported). A part =
 config key + the phrases that name it in a plan (matched as sets of stemmed words, so word
 order, plurals, hyphens and small typos do not matter) + a value parser built from the part's
 range or options. `unavailable` entries name things a plan may ask for that this pipeline

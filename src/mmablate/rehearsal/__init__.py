@@ -1,4 +1,4 @@
-"""The rehearsal: the paper-scale DAG end to end on one CPU (DESIGN.md, "Scales").
+"""The rehearsal: the paper-scale DAG end to end on one CPU (docs/rehearsal.md).
 
 ``python -m mmablate rehearsal-assets OUT`` writes, small and deterministic, without downloads:
 every dataset ``config/scales/paper.yaml`` reads, in the layout its publisher distributes it, and

@@ -1,7 +1,8 @@
 """The rehearsal's judge stand-in: an OpenAI-compatible chat-completions server on 127.0.0.1.
 
-It answers every prompt mmalign sends its judge endpoint (`studies.mmalign.judge`,
-`studies.mmalign.protocols`) in the format that prompt's parser reads, with a score drawn
+It serves both of mmalign's judge roles (``studies.mmalign.judge.rank`` and ``.bench`` name it;
+each request's own ``model`` is echoed back) and answers every prompt they send
+(`studies.mmalign.judge`, `studies.mmalign.protocols`) in the format that prompt's parser reads, with a score drawn
 deterministically from a hash of the request (so scores vary across answers and repeat across
 runs):
 
@@ -17,7 +18,9 @@ A prompt of none of these kinds is answered HTTP 400 naming it (a new judge prom
 to the stand-in, not answered at random). ``GET /v1/models`` lists the one model.
 
 ``mode="garbage"`` answers every prompt with text no parser accepts (bad-input tests: the run must
-stop with an error naming the benchmark and the question). Start it in-process
+stop with an error naming the benchmark); ``garbage_share=f`` answers that text to the share f of
+the requests (drawn from each request's hash: the same request always gets the same answer), so
+the benchmarks' counting of unparsable replies, and MM-Vet's re-asks, are exercised. Start it in-process
 (``with JudgeServer(port=18765) as j: j.url``) or as ``python -m mmablate rehearsal-judge --port P``.
 """
 from __future__ import annotations
@@ -68,15 +71,16 @@ def kind_of(messages: list) -> str | None:
     return None
 
 
-def reply_for(body: dict, mode: str = "ok") -> str:
-    """The stand-in's answer to one chat-completions request body (ValueError: unknown prompt)."""
+def reply_for(body: dict, mode: str = "ok", garbage_share: float = 0.0) -> str:
+    """The stand-in's answer to one chat-completions request body (ValueError: unknown prompt);
+    `garbage_share`: the share of requests answered `GARBAGE` (by the request's hash)."""
     kind = kind_of(body.get("messages"))
     if kind is None:
         raise ValueError("not one of mmalign's judge prompts (MMHal rating, LLaVA-Bench review, "
                          "MM-Vet grading, online-pair rating)")
-    if mode == "garbage":
-        return GARBAGE
     h = _draw(body)
+    if mode == "garbage" or (h >> 20) % 1000 < 1000 * garbage_share:
+        return GARBAGE
     if kind == "mmhal":
         k = h % 7
         return (f"The response is compared with the image contents and the standard answer; "
@@ -95,12 +99,16 @@ class JudgeServer:
     ``port=0`` takes a free port. ``requests`` counts the answered prompts by kind."""
 
     def __init__(self, port: int = 18765, mode: str = "ok", model: str = "rehearsal-judge",
-                 host: str = "127.0.0.1", reply=None, fail=()):
+                 host: str = "127.0.0.1", reply=None, fail=(), garbage_share: float = 0.0):
         """`reply(body) -> str`: answer every request with it instead (client tests); `fail`:
         HTTP statuses to answer the first requests with, one each (retry tests). ``bodies``
         keeps every request body received."""
         if mode not in MODES:
             raise ValueError(f"judge stand-in mode {mode!r}; known: {', '.join(MODES)}")
+        if not 0 <= garbage_share <= 1:
+            raise ValueError(f"judge stand-in garbage_share {garbage_share!r}: a share in [0, 1]")
+        self.garbage_share = garbage_share
+        self._srv = self._thread = None
         self.mode, self.model, self.host, self.port = mode, model, host, port
         self.reply, self.fail, self.bodies = reply, list(fail), []
         self.requests: dict[str, int] = {}
@@ -114,8 +122,6 @@ class JudgeServer:
         if u.hostname not in ("127.0.0.1", "localhost") or not u.port:
             raise ValueError(f"{url}: the judge stand-in serves on 127.0.0.1:<port> only")
         return cls(port=u.port, host="127.0.0.1", **kw)
-        self._srv = None
-        self._thread = None
 
     @property
     def url(self) -> str:
@@ -151,7 +157,8 @@ class JudgeServer:
                         code = outer.fail.pop(0)
                         self._send(code, {"error": {"message": f"judge stand-in: HTTP {code}"}})
                         return
-                    text = outer.reply(body) if outer.reply else reply_for(body, outer.mode)
+                    text = outer.reply(body) if outer.reply else \
+                        reply_for(body, outer.mode, outer.garbage_share)
                 except (ValueError, AttributeError) as e:
                     self._send(400, {"error": {"message": f"judge stand-in: {e}",
                                                "type": "invalid_request_error"}})
@@ -206,7 +213,8 @@ class JudgeServer:
 
 
 def cmd_judge(a):
-    JudgeServer(port=a.port, mode=a.mode, host=a.host).serve_forever()
+    JudgeServer(port=a.port, mode=a.mode, host=a.host,
+                garbage_share=a.garbage_share).serve_forever()
 
 
 def register(sub):
@@ -216,4 +224,6 @@ def register(sub):
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--mode", choices=MODES, default="ok",
                    help="ok: well-formed deterministic answers; garbage: unparseable answers")
+    s.add_argument("--garbage-share", type=float, default=0.0,
+                   help="share of requests answered with unparseable text (mode ok)")
     s.set_defaults(fn=cmd_judge)

@@ -34,7 +34,7 @@ Models (``models/<hub id>``, `save_pretrained` directories):
   sentence-transformers directory (Transformer → mean Pooling → Normalize, as the real one),
   which `judge.SentenceSimilarity` loads by path.
 
-`JudgeServer` (``rehearsal/judge.py``) is the judge stand-in the rehearsal's judge endpoint names.
+`JudgeServer` (``rehearsal/judge.py``) is the judge stand-in both of the rehearsal's judge endpoints name.
 """
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ ALLOWED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "**.pretrained", "**.clip_pretrained", "**.clip_config", "**.model",
         "studies.mmalign.model.base",
         "**.embedder", "**.endpoint", "**.cache_dir",
+        "studies.pcclip.eval.benchmarks.roots.*",
     )),
     ("model size", (
         "**.arch", "**.clip_arch", "**.model.cfg", "**.model.cfg.**",

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util import write_atomic
+
 SEED = 20261202
 N_SHARDS, ROWS_PER_SHARD, ROW_GROUP = 3, 40, 16
 IMAGE_SIZES = [(48, 48), (64, 48), (40, 56)]  # (w, h): Pick-a-Pic mixes sizes and aspect ratios
@@ -125,9 +127,8 @@ def write_pickapic(out_dir, n_shards: int = N_SHARDS, rows: int = ROWS_PER_SHARD
             cols["__index_level_0__"].append(g)
         table = pa.Table.from_pydict(cols, schema=pickapic_schema())
         f = out_dir / f"train-{k:05d}-of-{n_shards:05d}.parquet"
-        tmp = f.with_suffix(".tmp")
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        tmp.replace(f)
+        with write_atomic(f) as tmp:
+            pq.write_table(table, tmp, row_group_size=row_group_size)
         files.append(f)
     return files
 
@@ -213,8 +214,8 @@ def sd_pipeline(out_dir, text_width: int = 32, max_length: int = 77, seed: int =
                         block_out_channels=tuple(vae_widths), layers_per_block=1,
                         sample_size=latent_size * 2 ** (len(vae_widths) - 1),
                         scaling_factor=0.18215)
-    # cross-attention only at the lower resolution (PITFALLS: full-resolution attention is ~6×
-    # slower); 8 groups divide every width
+    # cross-attention only at the lower resolution (attention at full resolution makes a tiny
+    # UNet ~6× slower); 8 groups divide every width (norm_num_groups must divide each)
     unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4,
                                 layers_per_block=1, block_out_channels=tuple(unet_widths),
                                 cross_attention_dim=text_width,

@@ -13,6 +13,8 @@ base and the four captioner LMs, each a random miniature of its real class.
   ``open_clip_config.json`` (``model_cfg`` = `VITL14_MINI`, an open_clip ``VisionTransformer``
   and text transformer at width 32) and ``open_clip_pytorch_model.bin`` (random weights). The
   overlay sets ``base.model.cfg`` to `VITL14_MINI` and ``base.model.pretrained`` to the file.
+* ``bench/`` — PC-CLIP's own evaluation datasets in their distributed formats
+  (`mmablate.rehearsal.pcclip_bench`).
 * ``models/<hub id>/`` — the captioners, ``save_pretrained`` directories with their tokenizer:
   ``meta-llama/Llama-2-13b-chat-hf`` (``LlamaForCausalLM``, the Llama-2 chat template),
   ``EleutherAI/gpt-j-6b`` (``GPTJForCausalLM``), ``google-bert/bert-large-uncased``
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..util import write_atomic
 
 N_TRAIN_IMAGES = 24
 N_VAL_IMAGES = 24
@@ -203,9 +207,8 @@ def write_base_clip(out) -> dict:
             "model_cfg": VITL14_MINI,
             "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
                                "std": [0.26862954, 0.26130258, 0.27577711]}}, indent=2))
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
+        with write_atomic(ckpt) as tmp:
+            torch.save(model.state_dict(), tmp)
     return {"checkpoint": str(ckpt)}
 
 
@@ -227,6 +230,9 @@ def write_assets(out) -> dict:
             coco / "annotations" / "captions_val2017.json", coco / "val2017", ev,
             N_EVAL_PAIRS, 0)
     summary[VITL14_DIR] = write_base_clip(out / VITL14_DIR)
+    from .pcclip_bench import write_benchmarks  # PC-CLIP's own evaluation datasets
+
+    summary["bench"] = write_benchmarks(out / "bench")
     # the captioners' prompts are paper.yaml's: the tokenizers must cover their words
     paper = yaml.safe_load((REPO / "config/scales/paper.yaml").read_text())
     specs = paper["studies"]["pcclip"]["captions"]["captioners"]

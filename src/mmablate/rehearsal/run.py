@@ -170,12 +170,21 @@ def judge_server(port: int = JUDGE_PORT):
 
 
 def judge_port(cfg: dict) -> int:
-    """The port of the merged config's judge endpoint (the stand-in listens where the jobs will
-    call it); rehearsal.yaml's own port where none is set."""
+    """The port of the merged config's judge endpoints (the stand-in listens where the jobs will
+    call it, in both roles: ``judge.rank`` and ``judge.bench``); rehearsal.yaml's own port
+    where none is set. Two roles on two ports: a ConfigError (the stand-in serves one)."""
     from urllib.parse import urlparse
 
-    url = (((cfg.get("studies") or {}).get("mmalign") or {}).get("judge") or {}).get("endpoint")
-    return (urlparse(url).port if url else None) or JUDGE_PORT
+    from ..errors import ConfigError
+
+    j = ((cfg.get("studies") or {}).get("mmalign") or {}).get("judge") or {}
+    ports = {role: urlparse(url).port for role in ("rank", "bench")
+             if (url := (j.get(role) or {}).get("endpoint"))}
+    if len(set(ports.values())) > 1:
+        raise ConfigError("rehearse: studies.mmalign.judge.rank.endpoint and .bench.endpoint "
+                          f"name two ports ({ports}); the judge stand-in serves both roles on "
+                          "one: give them the same endpoint")
+    return next(iter(ports.values()), None) or JUDGE_PORT
 
 
 def assets_overlay(assets: str, overlay_file: str, out: Path) -> Path | None:
@@ -251,7 +260,8 @@ def rehearse(cores: int = 2, assets: str = DEFAULT_ASSETS, extra=(), fresh: bool
     except OSError as e:
         raise ConfigError(f"rehearse: the judge stand-in cannot listen on 127.0.0.1:{port} "
                           f"({e}): another rehearsal or judge holds the port (set "
-                          f"studies.mmalign.judge.endpoint to another port in an --overlay; "
+                          f"studies.mmalign.judge.rank.endpoint and .bench.endpoint to another "
+                          f"port in an --overlay; "
                           f"{OVERLAY} names {JUDGE_PORT})") from None
     with contextlib.ExitStack() as stack:
         stack.push(ctx)

@@ -3,10 +3,9 @@ with label/unit/direction, stages with their outputs — and how plans name each
 
 Everything else is derived from these four descriptions: the plan registry
 (`mmablate.plans.registry`), each study's `TITLE` / `ABLATABLE` / `METRICS` / value labels
-(`studies/<id>/pipeline.py`), the list of studies (`mmablate.pipeline.STUDIES`: those whose
-package is in this checkout), the stage output paths (`mmablate.pipeline.stage_outputs`) and the
-tests' study list. Plain data only (no study package and no plan parser is imported), so a
-description exists for every study, whether or not its package is in this checkout.
+(`mmablate.studies.protocol`), the list of studies (`mmablate.pipeline.STUDIES`), each ablated
+value's check (`Part.check`), the stage output paths (`mmablate.pipeline.stage_outputs`) and the
+tests' study list. Plain data only (no study package and no plan parser is imported).
 """
 from __future__ import annotations
 
@@ -35,10 +34,43 @@ class Part:
     hi: float | None = None
     named: dict = field(default_factory=dict)   # number: value → phrases ("fully offline")
     unavailable: tuple = ()                     # choice: ((phrases, reason), ...)
+    noun: str = ""         # how errors name a value (default: the key's last part)
+    symbol: str = ""       # how errors name a number (default: the key's last part)
 
     @property
     def is_number(self) -> bool:
         return not self.values
+
+    def check(self, value) -> None:
+        """A ValueError saying what is wrong unless `value` is one of the part's values (a
+        choice) or a finite number in its range (a number): the one check of an ablated value,
+        for the study's own (baseline) value and every ablation's."""
+        last = self.key.split(".")[-1]
+        if not self.is_number:
+            try:
+                known = value in self.values
+            except TypeError:  # unhashable (a list, a mapping)
+                known = False
+            if not known:
+                raise ValueError(f"unknown {self.noun or last} {value!r}; known: "
+                                 f"{sorted(self.values)}")
+            return
+        import math
+
+        name = self.symbol or last
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+              and math.isfinite(value) and (self.lo is None or value >= self.lo)
+              and (self.hi is None or value <= self.hi))
+        if not ok:
+            if self.lo is not None and self.hi is not None:
+                rng = f"a number in [{self.lo:g}, {self.hi:g}]"
+            elif self.lo is not None:
+                rng = f"a finite number ≥ {self.lo:g}"
+            elif self.hi is not None:
+                rng = f"a finite number ≤ {self.hi:g}"
+            else:
+                rng = "a finite number"
+            raise ValueError(f"{name} must be {rng}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -221,7 +253,7 @@ PAIRRANK = Study(
                  "difference": Value("ψw−ψl", ("difference",), ("ψ(xw/c) - ψ(xl/c)",)),
                  "ratio": Value("ψw/(ψl+ε)", ("ratio",), ("ψ(xw/c) / (ψ(xl/c) + ε)",
                                                           "ψ(xw/c) / ψ(xl/c)")),
-             }),
+             }, noun="quality metric"),
         Part("threshold", "selection.threshold",
              "how many of the ranked pairs are kept for Diffusion-DPO",
              ("data selection", "selection threshold", "threshold", "selection strategy",
@@ -266,12 +298,13 @@ MMALIGN = Study(
              "γ: weight of the external non-preferred response in the averaged DPO loss "
              "(1 − γ on the BDHS one), Eq. 5",
              ("bdhs", "γ", "gamma", "bdhs mixing", "averaged dpo loss", "integration balance"),
-             lo=0.0, hi=1.0),
+             lo=0.0, hi=1.0, symbol="γ (bdhs.gamma)"),
         Part("mix_p", "mixed_dpo.p",
              "p: probability that an example is its offline pair (else an online pair sampled "
              "from the policy and ranked by the judge), Eq. 4",
              ("mixeddpo", "mixed dpo", "mixing probability", "offline online", "probability p"),
-             lo=0.0, hi=1.0, named={1.0: ("fully offline",), 0.0: ("fully online",)}),
+             lo=0.0, hi=1.0, named={1.0: ("fully offline",), 0.0: ("fully online",)},
+             symbol="p (mixed_dpo.p)"),
     ),
     metrics=(
         Metric("pope", "POPE F1 (avg of 3 splits)", "%", True, ("pope",)),

@@ -13,10 +13,11 @@ rank r resumes with its own draws.
 from __future__ import annotations
 
 import io
-import os
 import re
 import sys
 from pathlib import Path
+
+from ..util import write_atomic
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
@@ -27,9 +28,8 @@ def save(state: dict, ckpt_dir, step: int, keep: int = 2) -> Path:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    with write_atomic(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
+        torch.save(state, tmp)
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -78,7 +78,8 @@ and the scheduler steps once per optimizer step (accelerate's wrapper steps it o
 The test hook ``MMABLATE_TEST_SIGKILL=RANK:STEP`` makes that rank SIGKILL itself after STEP
 (the kill-and-resume test).
 
-Config keys read from the training block (all optional; ``check`` validates without torch):
+Config keys read from the training block (all optional; typed by the config schema, ``check``
+adds the checks across keys, without torch):
 ``batch_size`` (the GLOBAL micro-batch, summed over ranks), ``effective_batch`` (samples per
 optimizer step over all ranks; default ``batch_size``; accumulation = effective_batch /
 batch_size), ``grad_checkpointing`` (false), ``bf16`` (true; autocast bf16 only on CUDA — the CPU
@@ -91,7 +92,7 @@ torch's global RNG; ``accelerator.backward`` divides by 1).
 Launching: ``python -m mmablate launch --nproc N -- <subcommand ...>`` (`mmablate.launch`)
 starts N processes with ``torchrun``; the harness reads torchrun's ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK`` through ``accelerate`` (CUDA → NCCL; the CPU → gloo, ``DistributedType.MULTI_CPU``).
-Multi-node jobs are out of scope: one job is one node (see DESIGN.md).
+Multi-node jobs are out of scope: one job is one node (docs/slurm.md, "Multi-GPU jobs").
 """
 from __future__ import annotations
 
@@ -103,36 +104,27 @@ import sys
 import time
 from pathlib import Path
 
+from ..util import write_atomic
+
 HARNESS_KEYS = ("effective_batch", "grad_checkpointing", "bf16", "num_workers", "max_grad_norm")
 
 
 def check(block: dict, where: str, world_size: int = 1) -> dict:
     """Config check (no torch): {accum, micro_batch, effective_batch} or a ConfigError naming
-    ``where.<key>``."""
+    ``where.<key>``. Only what the schema cannot say (workflow/schemas/config.schema.yaml types
+    and ranges every harness key of every training block): effective_batch a multiple of
+    batch_size, and batch_size split over `world_size` processes."""
     from ..errors import ConfigError
 
-    bs = block.get("batch_size")
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
-        raise ConfigError(f"{where}.batch_size: must be an integer ≥ 1, got {bs!r}")
+    bs = block["batch_size"]
     eff = block.get("effective_batch")
     eff = bs if eff is None else eff
-    if not isinstance(eff, int) or isinstance(eff, bool) or eff < 1:
-        raise ConfigError(f"{where}.effective_batch: must be an integer ≥ 1, got {eff!r}")
     if eff % bs:
         raise ConfigError(f"{where}.effective_batch: {eff} is not a multiple of {where}.batch_size "
                           f"{bs} (accumulation steps = effective_batch / batch_size)")
     if bs % world_size:
         raise ConfigError(f"{where}.batch_size: {bs} does not split over {world_size} processes "
                           f"(per-process batch = batch_size / world size)")
-    nw = block.get("num_workers", 0)
-    if not isinstance(nw, int) or isinstance(nw, bool) or nw < 0:
-        raise ConfigError(f"{where}.num_workers: must be an integer ≥ 0, got {nw!r}")
-    mg = block.get("max_grad_norm")
-    if mg is not None and (isinstance(mg, bool) or not isinstance(mg, (int, float)) or not mg > 0):
-        raise ConfigError(f"{where}.max_grad_norm: must be a number > 0 or null, got {mg!r}")
-    for key in ("grad_checkpointing", "bf16"):
-        if key in block and not isinstance(block[key], bool):
-            raise ConfigError(f"{where}.{key}: must be true or false, got {block[key]!r}")
     return {"accum": eff // bs, "micro_batch": bs // world_size, "effective_batch": eff}
 
 
@@ -499,11 +491,8 @@ class Harness:
         import torch
 
         if self.is_main:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
+            with write_atomic(path) as tmp:
+                torch.save(obj, tmp)
         self.barrier()
 
     # -- the loop ---------------------------------------------------------------------------

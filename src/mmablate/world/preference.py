@@ -212,7 +212,9 @@ def colour_oracle(images: np.ndarray, prompts: list[str], colours, min_pixels: i
     images: uint8 [N, H, W, 3]. Foreground = pixels with chroma (max − min channel) above
     `chroma` (the world's backgrounds are grey); each is assigned its nearest world colour and the
     majority colour is the image's colour. Fewer than `min_pixels` foreground pixels = no object.
-    Only the colour is judged: it is the attribute the tiny models can learn (see PITFALLS).
+    Only the colour is judged: it is the attribute the tiny models can learn (a ~1M-parameter
+    16 px UNet trained for ~2 CPU-minutes gets colours right ~80 % of the time; shapes stay near
+    chance at that budget).
     """
     pal = np.array([COLOURS[c] for c in colours], dtype=np.float32)
     out = np.zeros(len(images), dtype=np.float32)

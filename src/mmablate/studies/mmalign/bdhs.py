@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...world.vqa import split_sentences
+from ...util import write_atomic
 
 FLIP = {"yes": "no", "no": "yes"}
 
@@ -200,9 +201,7 @@ def run_bdhs(cfg: dict, out_path, threads=1, progress=True) -> dict:
         stats["no_object_sentence_frac"] = float(np.mean([not claim(x["new"]) for x in sents])) \
             if sents else None
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    tmp.replace(out_path)
+    with write_atomic(out_path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
     (out_path.parent / "bdhs_stats.json").write_text(json.dumps(stats, indent=1))
     return stats

@@ -61,15 +61,18 @@ def _model_identity(path) -> list:
                                 for f in p.iterdir() if f.is_file())
 
 
-def _judge(cfg, jcfg, where, needed=True):
-    """The job's judge; an endpoint judge the job needs is checked to answer first
-    (`preflight.check_judge`: a judge that is down fails the job before its model loads)."""
+def _judge(cfg, jcfg, where, roles=("rank", "bench")):
+    """The job's judge; the endpoint of each role the job needs (`roles`: rank, bench) is
+    checked to answer first (`preflight.check_judge`: a judge that is down fails the job
+    before its model loads)."""
     from .judge import make_judge
 
-    if needed and jcfg.get("kind") == "endpoint" and jcfg.get("endpoint"):
+    if jcfg.get("kind") == "endpoint":
         from .preflight import check_judge
 
-        check_judge(jcfg)
+        for role in roles:
+            if (jcfg.get(role) or {}).get("endpoint"):
+                check_judge(jcfg[role], f"studies.mmalign.judge.{role}")
     return make_judge(jcfg, cfg.get("scenes") or cfg["eval"].get("scenes"), where,
                       cache_dir=cfg["eval"].get("judge_cache"))
 
@@ -82,7 +85,7 @@ def cmd_eval(a):
     cfg = read_json(a.config)
     ecfg = cfg["eval"]
     bench = load_benchmarks(ecfg)  # bad benchmark files fail before the model loads
-    judge = _judge(cfg, ecfg["judge"], "eval.judge")
+    judge = _judge(cfg, ecfg["judge"], "eval.judge", roles=("bench",))
     model, proc = _load_for_eval(cfg["model"])
     m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads)
     write_json(a.out, _eval_record(cfg, 0, m, chance, detail, {"model": cfg["model"]}))
@@ -99,7 +102,8 @@ def cmd_bench(a):
     bench = load_benchmarks(ecfg, [cfg["benchmark"]])
     from .preflight import JUDGED
 
-    judge = _judge(cfg, ecfg["judge"], "eval.judge", needed=cfg["benchmark"] in JUDGED)
+    judge = _judge(cfg, ecfg["judge"], "eval.judge",
+                   roles=("bench",) if cfg["benchmark"] in JUDGED else ())
     model, proc = _load_for_eval(cfg["model"])
     # the answers kept beside the record: a job failing at the judge reruns without generating
     m, chance, detail = evaluate(model, proc, ecfg, bench, judge, a.threads,
@@ -153,7 +157,9 @@ def cmd_dpo(a):
     ecfg = cfg["eval"]
     per_model = ecfg.get("jobs", "per_model") == "per_model"
     bench = load_benchmarks(ecfg) if per_model else None
-    judge = _judge(cfg, cfg["judge"], "judge", needed=per_model or float(cfg["mixed_dpo"]["p"]) < 1)
+    judge = _judge(cfg, cfg["judge"], "judge",
+                   roles=(("bench",) if per_model else ())
+                   + (("rank",) if float(cfg["mixed_dpo"]["p"]) < 1 else ()))
     out_dir = Path(a.out).parent
     save = out_dir / "model" if (a.save_model or not per_model) else None
     model, proc, summary = train_dpo(cfg, a.seed, out_dir, a.threads, judge, save_to=save)

@@ -117,7 +117,9 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, judge=None, progr
         lc = cfg["model"]["lora"]
         peft_config = LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc.get("dropout", 0.05),
                                  target_modules=lc["target_modules"], task_type="CAUSAL_LM")
-    else:  # full fine-tuning: the frozen SFT model is the reference (PITFALLS: pass a copy)
+    else:  # full fine-tuning: the frozen SFT model is the reference, passed as a copy (with
+        # ref_model=None and no peft, trl reloads it from config._name_or_path: a model built
+        # from config has none)
         ref_model = copy.deepcopy(model).eval()
     rows = build_dataset(cfg, proc)
     args = BDHSMixedDPOConfig(

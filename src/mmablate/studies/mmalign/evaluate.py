@@ -9,6 +9,9 @@ by its own protocol (`protocols`, which cites the benchmarks' evaluation code).
 * LLaVA-W: LLaVA-Bench's rule (reference and model answer rated 1–10 in one judge request),
   ``llavaw`` = 100 · mean(model) / mean(reference).
 * MM-Vet: MM-Vet's grader prompt, 0–1 per question, in %.
+* The endpoint judge's replies that do not read are scored as each benchmark's script scores
+  them and counted: ``judge_unparsed_mmhal``, ``judge_unparsed_llavaw``, ``judge_unparsed_mmvet``
+  (the world oracle reads nothing: no such metric at tiny scale).
 * VQA-T (TextVQA): LLaVA's short-answer instruction; VQA accuracy over the 10 human answers
   with EvalAI's normalisation (m4c_evaluator).
 * GQA: LLaVA's short-answer instruction; exact match after LLaVA's conversion.
@@ -34,10 +37,12 @@ from .data import (POPE_SPLITS, load_coco_instances, load_gqa, load_llavaw, load
                    load_mmvet, load_pope, load_textvqa)
 from .protocols import (SHORT_ANSWER, gqa_correct, gqa_prediction, pope_parse, pope_scores,
                         textvqa_accuracy)
+from ...util import write_atomic
 
 BENCHMARKS = ("pope", "mmhal", "llavaw", "mmvet", "vqat", "gqa", "recall_coco")
 # the metrics each benchmark job writes
 # (the mmhal job also writes mmhal_<type> / mmhalv_<type> for each question type it holds)
+# (with the endpoint judge, mmhal, llavaw and mmvet also write judge_unparsed_<benchmark>)
 BENCH_METRICS = {"pope": ("pope", "pope_acc", "pope_yes_ratio"), "mmhal": ("mmhal", "mmhalv"),
                  "llavaw": ("llavaw",), "mmvet": ("mmvet",), "vqat": ("vqat",), "gqa": ("gqa",),
                  "recall_coco": ("recall_coco", "desc_words", "desc_empty")}
@@ -161,6 +166,10 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
                  "response": A(r), "gt_answer": r.get("gt_answer", ""),
                  **{k: r.get(k) for k in extra}} for r in bench[name]]
 
+    def unparsed(name):  # the endpoint judge's count of replies that did not read
+        if name in getattr(judge, "unparsed", {}):
+            m[f"judge_unparsed_{name}"] = judge.unparsed[name]
+
     if "pope_random" in bench:
         pope = {sp: pope_scores([pope_parse(A(r)) for r in bench[f"pope_{sp}"]],
                                 [r["label"] for r in bench[f"pope_{sp}"]]) for sp in POPE_SPLITS}
@@ -170,6 +179,7 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
         m["pope_yes_ratio"] = 100 * sum(p["yes_ratio"] for p in pope.values()) / 3
     if "mmhal" in bench:
         hal = judge.mmhal_many(items("mmhal", image_content=1))
+        unparsed("mmhal")
         m["mmhal"] = sum(hal) / len(hal)
         m["mmhalv"] = 100 * sum(h < 3 for h in hal) / len(hal)
         # the per-question-type split (MMHal-Bench's eight types; the world's holistic
@@ -182,10 +192,12 @@ def score(bench: dict, answers: dict, judge) -> tuple[dict, dict]:
             m[f"mmhalv_{t}"] = 100 * sum(h < 3 for h in hs) / len(hs)
     if "llavaw" in bench:
         sc = judge.llavaw_many(items("llavaw", context=1))
+        unparsed("llavaw")
         m["llavaw"] = 100 * sum(s[1] for s in sc) / sum(s[0] for s in sc)
         detail["llavaw_reference_mean"] = sum(s[0] for s in sc) / len(sc)
     if "mmvet" in bench:
         m["mmvet"] = 100 * sum(judge.mmvet_many(items("mmvet"))) / len(bench["mmvet"])
+        unparsed("mmvet")
     if "vqat" in bench:
         m["vqat"] = 100 * sum(textvqa_accuracy(A(r), r["answers"]) for r in bench["vqat"]) / \
             max(1, len(bench["vqat"]))
@@ -238,16 +250,14 @@ def evaluate(model, proc, ecfg: dict, bench: dict, judge, threads: int = 1, answ
     if answers is None:
         answers = answer_all(model, proc, bench, ecfg)
         if key is not None:
-            Path(answers_file).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{answers_file}.tmp")
-            tmp.write_text(json.dumps({"key": key, "answers": [[i, q, a] for (i, q), a
-                                                               in answers.items()]}))
-            tmp.replace(answers_file)
+            with write_atomic(answers_file) as tmp:
+                tmp.write_text(json.dumps({"key": key, "answers": [[i, q, a] for (i, q), a
+                                                                   in answers.items()]}))
     m, detail = score(bench, answers, judge)
     detail["wall_s"] = round(time.time() - t0, 2)
     detail["examples"] = {k: [{"q": r["question"], "a": answers[(r["image"], r["question"])]}
                               for r in v[:3]] for k, v in bench.items()}
-    if hasattr(judge, "client"):
-        detail["judge_requests"] = dict(judge.client.stats)
+    if hasattr(judge, "clients"):
+        detail["judge_requests"] = judge.stats
     chance = {"pope": 50.0, "pope_acc": 50.0} if "pope_random" in bench else {}
     return m, chance, detail

@@ -1,10 +1,20 @@
-"""Judges: the world oracle (tiny/smoke) and an OpenAI-compatible judge endpoint (paper scale).
+"""Judges: the world oracle (tiny/smoke) and OpenAI-compatible judge endpoints (paper scale).
 
 Both answer the same questions: a ranking score for an online pair's two responses, an MMHal
-0–6 rating, a LLaVA-W 1–10 rating and an MM-Vet 0–1 correctness score. The paper uses GPT-4 for
-the benchmarks and LLaVA-1.6-34B to rank online pairs; at paper scale point `judge.endpoint`
-at a server speaking the OpenAI chat-completions API (vLLM, TGI, OpenAI itself) — without one,
-the judged metrics cannot be computed and the run stops with a ConfigError before any work.
+0–6 rating, a LLaVA-W 1–10 rating and an MM-Vet 0–1 correctness score. At paper scale the
+judge (``studies.mmalign.judge``, ``kind: endpoint``) has the paper's two roles, each its own
+OpenAI-compatible chat-completions server (vLLM, TGI, OpenAI itself) and model:
+
+* ``judge.rank`` ranks Mixed-DPO's online pairs (the paper's LLaVA-1.6-34B);
+* ``judge.bench`` scores MMHal, MMHALv, LLaVA-W and MM-Vet with each benchmark's published
+  model, temperature and token limit (``judge.bench.<benchmark>``; config/scales/paper.yaml
+  names the script each comes from). A reply that does not read is scored as the published
+  script scores it (`protocols`), counted (metric ``judge_unparsed_<benchmark>``), and fails
+  the job only when more than ``judge.bench.max_unparsed`` (a share) of a benchmark's replies
+  do not read.
+
+Without endpoints the judged metrics cannot be computed and the run stops with a ConfigError
+before any work (`check_config`).
 """
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ from ...errors import ConfigError, DataError
 from ...world.scenes import COLOURS, GLYPHS, NUMBER_WORDS, POSITIONS, SHAPES
 from ...world.vqa import _MENTION, mentions, mmhal_score, split_sentences
 from ...world.vqa import judge as oracle_judge
+from ...util import write_atomic
 
 _KEYS = {"colour": set(COLOURS), "shape": set(SHAPES), "position": set(POSITIONS),
          "number": set(NUMBER_WORDS), "letter": {g.lower() for g in GLYPHS}}
@@ -170,16 +181,82 @@ class JudgeError(DataError):
     """The judge endpoint failed (after its retries) or gave an answer that does not parse."""
 
 
+# ---- the judge's config ----------------------------------------------------------------------
+ROLES = {"rank": "ranks Mixed-DPO's online pairs",
+         "bench": "scores MMHal, MMHALv, LLaVA-W and MM-Vet"}
+JUDGED_BENCHMARKS = ("mmhal", "llavaw", "mmvet")
+SHARED = ("timeout_s", "concurrency", "retries", "backoff_s", "cache_dir")  # both clients'
+_TWO_BLOCKS = ("judge.rank: {endpoint, model, temperature, max_tokens, api_key_env} (ranks "
+               "Mixed-DPO's online pairs) and judge.bench: {endpoint, api_key_env, max_unparsed, "
+               "mmhal/llavaw/mmvet: {model, temperature, max_tokens}} (scores MMHal, MMHALv, "
+               "LLaVA-W, MM-Vet), as config/scales/paper.yaml has them")
+
+
+def check_config(j: dict, where: str = "studies.mmalign.judge", source: str | None = None):
+    """The judge block `j` (at `where`) is usable: ConfigError naming the key otherwise. The old
+    single block (``endpoint``/``api_key_env`` at its top, or a ``model`` with ``kind:
+    endpoint``) is refused with what to write instead: its one judge did both roles."""
+    kind = j.get("kind")
+    if kind not in ("oracle", "endpoint"):
+        raise ConfigError(f"{where}.kind: {kind!r}; known: oracle (world), endpoint")
+    if kind == "oracle":
+        if source is not None and source != "world":
+            raise ConfigError(f"{where}.kind: the oracle judge only knows the synthetic world; "
+                              f"with real data set judge.kind: endpoint")
+        return
+    old = [k for k in ("endpoint", "api_key_env", "temperature", "max_tokens") if k in j]
+    if j.get("model") is not None:
+        old.append("model")
+    if old:
+        raise ConfigError(
+            f"{where}.{old[0]}: the single judge block ({', '.join(old)} directly under judge:) "
+            f"is no longer read: mmalign's judge has two roles, each with its own endpoint and "
+            f"model. Write {_TWO_BLOCKS}" + ("; with kind: endpoint set judge.model: null (the "
+                                            "world oracle's label)" if "model" in old else ""))
+    for role, what in ROLES.items():
+        r = j.get(role)
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}.{role}: missing; the endpoint judge needs both roles: "
+                              f"{_TWO_BLOCKS}")
+        if not r.get("endpoint"):
+            raise ConfigError(
+                f"{where}.{role}.endpoint: the judge that {what} needs an OpenAI-compatible "
+                f"judge endpoint (e.g. http://host:8000/v1 serving "
+                f"{r.get('model') or 'the judge model'}); none is set")
+    if not j["rank"].get("model"):
+        raise ConfigError(f"{where}.rank.model: the online-pair judge's model is not set")
+    share = j["bench"].get("max_unparsed", 0.05)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"{where}.bench.max_unparsed: a share in [0, 1], got {share!r}")
+    for b in JUDGED_BENCHMARKS:
+        s = bench_settings(j["bench"], b)
+        if not s["model"]:
+            raise ConfigError(f"{where}.bench.{b}.model: not set (and no judge.bench.model for "
+                              f"all benchmarks); the published one is in config/scales/paper.yaml")
+        if s["temperature"] is None:
+            raise ConfigError(f"{where}.bench.{b}.temperature: not set (and no "
+                              f"judge.bench.temperature for all benchmarks)")
+
+
+def bench_settings(bench: dict, name: str) -> dict:
+    """{model, temperature, max_tokens} of benchmark `name`'s judge requests: the benchmark's
+    own (``judge.bench.<name>``: the published values) unless ``judge.bench`` sets one for all.
+    ``max_tokens: null`` sends none (MMHal-Bench's script sends none)."""
+    own = bench.get(name) or {}
+    return {k: bench.get(k) if bench.get(k) is not None else own.get(k)
+            for k in ("model", "temperature", "max_tokens")}
+
+
 class JudgeClient:
     """An OpenAI-compatible chat-completions client for judges: `concurrency` requests in
     flight (threads), retries with exponential backoff on 429, 5xx and connection errors, and
     every request with its answer cached on disk (``cache_dir/<sha256 of the request>.json``),
     so a rerun re-asks nothing. The cache key is the whole request body (model, messages,
-    temperature, max_tokens)."""
+    temperature, max_tokens): another model or temperature for a role asks again."""
 
     RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
-    def __init__(self, url: str, model: str, key: str = "", timeout: float = 120,
+    def __init__(self, url: str, model: str | None, key: str = "", timeout: float = 120,
                  cache_dir=None, concurrency: int = 8, retries: int = 6, backoff_s: float = 2.0):
         self.url, self.model, self.key, self.timeout = url, model, key, timeout
         self.cache_dir = None if cache_dir is None else __import__("pathlib").Path(cache_dir)
@@ -221,32 +298,38 @@ class JudgeClient:
             self.stats["retries"] += 1
             time.sleep(self.backoff_s * 2 ** attempt)
 
-    def ask(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0,
-            validate=None) -> str:
-        """The judge's reply. `validate(reply)` (the benchmark's parser) raises on a reply it
-        cannot read: such a reply is never cached (nor read back from the cache), so a rerun
-        after the judge is fixed asks again instead of failing on a stored bad answer."""
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                "temperature": temperature}
+    def ask(self, messages: list[dict], max_tokens: int | None = 1024, temperature: float = 0.0,
+            validate=None, cache_if=None, model: str | None = None) -> str:
+        """The judge's reply (`model`: this request's, else the client's; `max_tokens` None:
+        none sent). `validate(reply)` (a strict parser) raises on a reply it cannot read;
+        `cache_if(reply)` False marks a reply that does not read but is scored all the same.
+        Neither kind is cached (nor read back from the cache), so a rerun after the judge is
+        fixed asks again instead of reusing a stored bad answer."""
+        body = {"model": model or self.model, "messages": messages, "temperature": temperature}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+
+        def good(reply):
+            if validate is not None:
+                validate(reply)
+            return cache_if is None or bool(cache_if(reply))
+
         f = self._cache_file(body)
         if f is not None and f.is_file():
             reply = json.loads(f.read_text())["reply"]
             try:
-                if validate is not None:
-                    validate(reply)
+                ok = good(reply)
+            except DataError:
+                ok = False
+            if ok:
                 self.stats["cache_hits"] += 1
                 return reply
-            except DataError:
-                f.unlink(missing_ok=True)
+            f.unlink(missing_ok=True)
         self.stats["requests"] += 1
         reply = self._post(body)
-        if validate is not None:
-            validate(reply)
-        if f is not None:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"request": body, "reply": reply}))
-            tmp.replace(f)
+        if good(reply) and f is not None:
+            with write_atomic(f) as tmp:  # concurrent jobs share the cache: one temporary each
+                tmp.write_text(json.dumps({"request": body, "reply": reply}))
         return reply
 
     def ask_many(self, requests: list[dict], desc: str = "judge") -> list[str]:
@@ -275,24 +358,40 @@ def _check(parse, *args):
 
 
 class EndpointJudge:
-    """The benchmarks' judges behind an OpenAI-compatible endpoint (paper scale), each asked
-    with its benchmark's published prompt and scored by its published rule (`protocols`):
-    MMHal-Bench, LLaVA-Bench and MM-Vet send text only, as their scripts do. Ranking online
-    pairs has no published prompt (the paper's judge is LLaVA-1.6-34B): the project's own,
-    with the image, asks for a 1–10 rating."""
+    """The paper-scale judge: two OpenAI-compatible clients, one per role (``judge.rank``,
+    ``judge.bench``; `check_config`). The benchmarks are asked with their published prompts and
+    settings and scored by their published rules (`protocols`): MMHal-Bench, LLaVA-Bench and
+    MM-Vet send text only, as their scripts do; a reply that does not read scores as the script
+    scores it, is counted in ``unparsed[<benchmark>]`` (the metric
+    ``judge_unparsed_<benchmark>``) and fails the benchmark only past ``bench.max_unparsed``.
+    Ranking online pairs has no published prompt (the paper's judge is LLaVA-1.6-34B): the
+    project's own, with the image, asks for a 1–10 rating; a rating that does not read stops
+    the job."""
 
     name = "endpoint"
 
     def __init__(self, cfg: dict, where: str = "judge", cache_dir=None):
-        if not cfg.get("endpoint"):
-            raise ConfigError(f"{where}.endpoint: the judged metrics (MMHAL, MMHALv, LLaVA-W, "
-                              f"MM-Vet) and the online-pair judge need an OpenAI-compatible judge "
-                              f"endpoint at paper scale (e.g. http://host:8000/v1); none is set")
-        self.client = JudgeClient(
-            cfg["endpoint"].rstrip("/") + "/chat/completions", cfg["model"],
-            os.environ.get(cfg.get("api_key_env") or "OPENAI_API_KEY", ""),
-            cfg.get("timeout_s", 120), cache_dir or cfg.get("cache_dir"),
-            cfg.get("concurrency", 8), cfg.get("retries", 6), cfg.get("backoff_s", 2.0))
+        check_config(cfg, where)
+        self.where, self.cfg = where, cfg
+        shared = {k: cfg.get(k) for k in SHARED}
+
+        def client(r):
+            return JudgeClient(
+                r["endpoint"].rstrip("/") + "/chat/completions", r.get("model"),
+                os.environ.get(r.get("api_key_env") or "OPENAI_API_KEY", ""),
+                shared["timeout_s"] or 120, cache_dir or shared["cache_dir"],
+                shared["concurrency"] or 8, 6 if shared["retries"] is None else shared["retries"],
+                2.0 if shared["backoff_s"] is None else shared["backoff_s"])
+
+        self.clients = {role: client(cfg[role]) for role in ROLES}
+        self.rank = cfg["rank"]
+        self.settings = {b: bench_settings(cfg["bench"], b) for b in JUDGED_BENCHMARKS}
+        self.max_unparsed = float(cfg["bench"].get("max_unparsed", 0.05))
+        self.unparsed: dict[str, int] = {}
+
+    @property
+    def stats(self) -> dict:
+        return {role: dict(c.stats) for role, c in self.clients.items()}
 
     @staticmethod
     def _image_part(image) -> dict:
@@ -303,43 +402,89 @@ class EndpointJudge:
         return {"type": "image_url",
                 "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
 
-    # ---- batch API (one call per benchmark) ----------------------------------------------------
-    def mmhal_many(self, items) -> list[float]:
-        from .protocols import mmhal_request, parse_mmhal
+    # ---- the benchmarks (one call each) --------------------------------------------------------
+    def _ask(self, bench: str, messages: list, read, temperature=None) -> list:
+        """`read` of the replies to `messages` (None where a reply does not read)."""
+        s = self.settings[bench]
+        t = s["temperature"] if temperature is None else temperature
+        replies = self.clients["bench"].ask_many(
+            [{"messages": m, "max_tokens": s["max_tokens"], "temperature": t,
+              "model": s["model"], "cache_if": lambda r: read(r) is not None} for m in messages],
+            f"judge {bench}")
+        return [read(r) for r in replies], replies
 
-        replies = self.client.ask_many([{"messages": mmhal_request(
-            it["image_content"], it["question"], it["gt_answer"], it["response"]),
-            "max_tokens": 1024, "validate": _check(parse_mmhal, "mmhal", it["qid"])}
-            for it in items], "judge mmhal")
-        return [float(parse_mmhal(r, "mmhal", it["qid"])) for r, it in zip(replies, items)]
+    def _tally(self, bench: str, items, values, replies) -> None:
+        """Counts the replies that did not read; past ``max_unparsed`` of them the benchmark
+        fails, naming it, the count and the first such reply (those replies are not cached:
+        the rerun asks again)."""
+        bad = [k for k, v in enumerate(values) if v is None]
+        self.unparsed[bench] = len(bad)
+        if not bad:
+            return
+        n = len(items)
+        qids = [items[k]["qid"] for k in bad]
+        msg = (f"{bench}: {len(bad)} of {n} judge answers do not read (questions "
+               f"{qids[:10]}{' ...' if len(qids) > 10 else ''}; e.g. {replies[bad[0]][:200]!r})")
+        if len(bad) > self.max_unparsed * n:
+            raise JudgeError(f"{self.where}.bench.max_unparsed: {msg}: more than "
+                             f"max_unparsed = {self.max_unparsed:g} of them (the judge model "
+                             f"{self.settings[bench]['model']} does not answer in the format "
+                             f"the benchmark's script reads)")
+        import sys
+
+        print(f"warning: {msg}; scored as the published script scores them", file=sys.stderr)
+
+    def mmhal_many(self, items) -> list[float]:
+        from .protocols import MMHAL_UNPARSED, mmhal_request, read_mmhal
+
+        vals, replies = self._ask("mmhal", [mmhal_request(
+            it["image_content"], it["question"], it["gt_answer"], it["response"])
+            for it in items], read_mmhal)
+        self._tally("mmhal", items, vals, replies)
+        return [float(MMHAL_UNPARSED if v is None else v) for v in vals]
 
     def llavaw_many(self, items) -> list[tuple[float, float]]:
         """(reference score, model score) per question, from one request each."""
-        from .protocols import llavaw_request, parse_llavaw
+        from .protocols import LLAVAW_UNPARSED, llavaw_request, read_llavaw
 
-        replies = self.client.ask_many([{"messages": llavaw_request(
-            it.get("context") or it["gt_answer"], it["question"], it["gt_answer"], it["response"]),
-            "max_tokens": 1024, "temperature": 0.2,
-            "validate": _check(parse_llavaw, "llavaw", it["qid"])} for it in items], "judge llavaw")
-        return [parse_llavaw(r, "llavaw", it["qid"]) for r, it in zip(replies, items)]
+        vals, replies = self._ask("llavaw", [llavaw_request(
+            it.get("context") or it["gt_answer"], it["question"], it["gt_answer"], it["response"])
+            for it in items], read_llavaw)
+        self._tally("llavaw", items, vals, replies)
+        return [tuple(LLAVAW_UNPARSED) if v is None else v for v in vals]
 
     def mmvet_many(self, items) -> list[float]:
-        from .protocols import mmvet_request, parse_mmvet
+        """MM-Vet's grades, with its evaluator's re-asks of a grade that does not read
+        (`protocols.MMVET_REASK_OFFSETS`), and 0.0 after them."""
+        from .protocols import MMVET_REASK_OFFSETS, MMVET_UNPARSED, mmvet_request, read_mmvet
 
-        replies = self.client.ask_many([{"messages": mmvet_request(
-            it["question"], it["gt_answer"], it["response"]), "max_tokens": 3,
-            "validate": _check(parse_mmvet, "mmvet", it["qid"])} for it in items], "judge mmvet")
-        return [parse_mmvet(r, "mmvet", it["qid"]) for r, it in zip(replies, items)]
+        vals, replies = self._ask("mmvet", [mmvet_request(
+            it["question"], it["gt_answer"], it["response"]) for it in items], read_mmvet)
+        t0 = self.settings["mmvet"]["temperature"]
+        for off in MMVET_REASK_OFFSETS:
+            redo = [k for k, v in enumerate(vals) if v is None]
+            if not redo:
+                break
+            again, rr = self._ask("mmvet", [mmvet_request(
+                items[k]["question"], items[k]["gt_answer"], items[k]["response"], retry=True)
+                for k in redo], read_mmvet, temperature=t0 + off)
+            for k, v, r in zip(redo, again, rr):
+                vals[k], replies[k] = v, r
+        self._tally("mmvet", items, vals, replies)
+        return [MMVET_UNPARSED if v is None else v for v in vals]
 
+    # ---- the online pairs ----------------------------------------------------------------------
     def rank_many(self, items) -> list[float]:
         """Scores of (image, question, response, gt) tuples for ordering online pairs."""
-        replies = self.client.ask_many([{"messages": [{"role": "user", "content": [
+        r = self.rank
+        replies = self.clients["rank"].ask_many([{"messages": [{"role": "user", "content": [
             self._image_part(img), {"type": "text", "text": (
                 "Rate the helpfulness, relevance, accuracy and level of detail of the response "
                 "to the question about the image on a scale of 1 to 10; hallucinated content "
                 "must lower the rating. Reply with the rating only.\n"
                 f"Question: {q}\nReference answer: {gt}\nResponse: {resp}")}]}],
-            "max_tokens": 8, "validate": _check(parse_rating, q, img)}
+            "max_tokens": r.get("max_tokens", 8), "temperature": r.get("temperature") or 0.0,
+            "validate": _check(parse_rating, q, img)}
             for img, q, resp, gt in items], "judge online pairs")
         return [parse_rating(r, q, img) for r, (img, q, _, _) in zip(replies, items)]
 

@@ -60,9 +60,11 @@ def build_tiny(mcfg: dict, colours, shapes):
                   do_convert_rgb=True, size={"shortest_edge": size})
     ptype, ipt = (LlavaNextProcessor, LlavaNextImageProcessor(image_grid_pinpoints=pins, **common)) \
         if arch == "llava_next" else (LlavaProcessor, CLIPImageProcessor(**common))
+    # num_additional_image_tokens=1: the vision tower's CLS token, which strategy "default" drops;
+    # without it the processor's image-token count does not match the image features
     proc = ptype(image_processor=ipt, tokenizer=tok, patch_size=v["patch_size"],
                  vision_feature_select_strategy="default", image_token=SPECIAL["image"],
-                 num_additional_image_tokens=1)  # CLS token (PITFALLS)
+                 num_additional_image_tokens=1)
     vc = CLIPVisionConfig(image_size=size, patch_size=v["patch_size"], hidden_size=v["width"],
                           intermediate_size=4 * v["width"], num_hidden_layers=v["layers"],
                           num_attention_heads=v["heads"], projection_dim=v["width"])
@@ -90,7 +92,7 @@ def _gen_config(model, proc):
     g.pad_token_id, g.eos_token_id, g.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
     image_id = model.config.image_token_id if hasattr(model.config, "image_token_id") \
         else model.config.image_token_index
-    g.suppress_tokens = [int(image_id)]  # never generate the image placeholder (PITFALLS)
+    g.suppress_tokens = [int(image_id)]  # never generate the image placeholder token
 
 
 def load(path_or_id: str, dtype=None):

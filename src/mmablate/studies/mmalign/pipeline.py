@@ -15,88 +15,19 @@ Stages (each a job, shared where the config is the same):
 """
 from __future__ import annotations
 
-import math
-
 from ...errors import ConfigError
+from ...pipeline import ref
+from ..protocol import StudyPipeline
 from ..spec import MMALIGN as SPEC
 
-TITLE = SPEC.caption
-ABLATABLE = SPEC.ablatable
-OUTPUTS = SPEC.stages
-METRICS = SPEC.metric_records
 POPE_SPLITS = ("random", "popular", "adversarial")
-
-
-def extra_metrics(scfg: dict) -> list:
-    """Informativeness beside the plan's hallucination metrics, at every scale: description
-    length and the share of descriptions naming no object (the Recall-coco descriptions); on
-    the world also MMHal's hallucination rate split by its two question types (descriptions,
-    attribute questions). Every MMHal type's split is in the records at every scale."""
-    extra = ["desc_words", "desc_empty"]
-    if scfg["data"]["source"] == "world":
-        extra += ["mmhalv_holistic", "mmhalv_attribute"]
-    return extra
-
-
-def dataset_name(scfg: dict, scale: str) -> str:
-    if scfg["data"]["source"] == "world":
-        return ("the synthetic world (world versions of POPE, MMHal, LLaVA-W, MM-Vet, TextVQA, "
-                "GQA, COCO recall; oracle judge)")
-    return "POPE, MMHal-Bench, LLaVA-Bench-in-the-wild, MM-Vet, TextVQA, GQA, COCO (judge: " \
-           f"{scfg['judge'].get('model')})"
-
-
-def check_value(key: str, value) -> None:
-    if key in ABLATABLE:
-        name = "γ" if key == "bdhs.gamma" else "p"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not math.isfinite(value) or not 0 <= value <= 1:
-            raise ValueError(f"{name} ({key}) must be a number in [0, 1], got {value!r}")
-
-
-def validate(scfg: dict, where: str) -> None:
-    for k in ("rho_th", "sim_threshold", "flip_prob"):
-        v = scfg["bdhs"].get(k)
-        if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ConfigError(f"{where}.bdhs.{k}: must be a number in [0, 1], got {v!r}")
-    if not isinstance(scfg["bdhs"].get("max_tries"), int) or scfg["bdhs"]["max_tries"] < 1:
-        raise ConfigError(f"{where}.bdhs.max_tries: must be an integer ≥ 1")
-    j = scfg["judge"]
-    if j.get("kind") not in ("oracle", "endpoint"):
-        raise ConfigError(f"{where}.judge.kind: {j.get('kind')!r}; known: oracle (world), endpoint")
-    if j["kind"] == "oracle" and scfg["data"]["source"] != "world":
-        raise ConfigError(f"{where}.judge.kind: the oracle judge only knows the synthetic world; "
-                          f"with real data set judge.kind: endpoint")
-    if j["kind"] == "endpoint" and not j.get("endpoint"):
-        raise ConfigError(f"{where}.judge.endpoint: the judged metrics (MMHAL, MMHALv, LLaVA-W, "
-                          f"MM-Vet) and the online-pair judge of Mixed-DPO need an "
-                          f"OpenAI-compatible judge endpoint (e.g. http://host:8000/v1 serving "
-                          f"{j.get('model') or 'the judge model'}); none is set")
-    if scfg["eval"].get("jobs", "per_model") not in ("per_model", "per_benchmark"):
-        raise ConfigError(f"{where}.eval.jobs: {scfg['eval']['jobs']!r}; known: per_model (all "
-                          f"benchmarks of a model in one job), per_benchmark (one job each)")
-    data = scfg["data"]
-    if data["source"] == "files":
-        if not scfg["model"].get("base"):
-            raise ConfigError(f"{where}.model.base: real data need a base model id or directory")
-        for k in ("file", "images"):
-            if not data.get("pairs", {}).get(k):
-                raise ConfigError(f"{where}.data.pairs.{k}: required with data.source: files")
-        if not scfg["eval"].get("benchmarks"):
-            raise ConfigError(f"{where}.eval.benchmarks: required with data.source: files")
-    elif data["source"] != "world":
-        raise ConfigError(f"{where}.data.source: {data['source']!r}; known: world, files")
-
-
-def label(key: str, value, scfg: dict | None = None) -> str:
-    name = "γ" if key == "bdhs.gamma" else "p"
-    return f"{name} = {value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 # ---- stages --------------------------------------------------------------------------------
 def _world(P, scfg):
-    """(data dir, benchmark paths, pairs, scenes) of the world, registering its stage."""
-    d = P.stage_dir("mmalign_data", P.add_stage("mmalign_data", scfg["data"]["world"], needs={}))
+    """(world data job, benchmark paths, pairs, scenes) of the world, registering its stage."""
+    data = P.add_stage("mmalign_data", scfg["data"]["world"], needs={})
+    d = data.dir
     I = f"{d}/images"
     bench = {
         "pope": {"files": {sp: f"{d}/pope/coco_pope_{sp}.json" for sp in POPE_SPLITS}, "images": I},
@@ -108,27 +39,28 @@ def _world(P, scfg):
         "gqa": {"file": f"{d}/gqa/testdev_balanced_questions.json", "images": I},
         "recall_coco": {"file": f"{d}/coco/instances_val.json", "images": I},
     }
-    return d, bench, {"file": f"{d}/povid/povid_pairs.json", "images": I}, f"{d}/scenes.jsonl"
+    return data, bench, {"file": f"{d}/povid/povid_pairs.json", "images": I}, f"{d}/scenes.jsonl"
 
 
 def resolved(P, scfg):
-    """(base model, sft hash or None, benchmarks, pairs, scenes) for this study config."""
+    """(base model, sft job or None, world data job or None, benchmarks, pairs, scenes) for
+    this study config."""
     if scfg["data"]["source"] == "world":
-        d, bench, pairs, scenes = _world(P, scfg)
+        data, bench, pairs, scenes = _world(P, scfg)
+        d = data.dir
         w = scfg["data"]["world"]
         sft = {"seed": scfg["sft"]["seed"], "train": {k: v for k, v in scfg["sft"].items()
                                                       if k != "seed"},
                "model": scfg["model"]["tiny"], "colours": w["colours"], "shapes": w["shapes"],
                "data": {"file": f"{d}/sft/llava_instruct.json", "images": f"{d}/images"}}
-        sh = P.add_stage("mmalign_sft", sft,
-                         needs={"world": P.ref("mmalign_data", P.hash_of_dir("mmalign_data", d))})
-        base = f"{P.stage_dir('mmalign_sft', sh)}/model"
+        sft_job = P.add_stage("mmalign_sft", sft, needs={"world": data.ref()})
+        base = f"{sft_job.dir}/model"
     else:
-        sh, bench, scenes = None, scfg["eval"]["benchmarks"], None
+        sft_job, data, bench, scenes = None, None, scfg["eval"]["benchmarks"], None
         pairs = scfg["data"]["pairs"]
         base = scfg["model"]["base"]
     pairs = {**pairs, "limit": scfg["data"].get("pairs_limit")}
-    return base, sh, bench, pairs, scenes
+    return base, sft_job, data, bench, pairs, scenes
 
 
 def eval_config(scfg, bench, scenes, results=None) -> dict:
@@ -144,88 +76,138 @@ def per_benchmark(scfg) -> bool:
     return scfg["eval"].get("jobs", "per_model") == "per_benchmark"
 
 
-def benchmark_jobs(P, model: str, seed: int, ecfg: dict, needs: dict, train=None) -> str:
+def benchmark_jobs(P, model: str, seed: int, ecfg: dict, needs: dict, train=None):
     """The (model, benchmark) jobs of one model and the job merging their records; returns the
-    merged record's path. `needs`: the upstream jobs the model needs (its DPO job, the world);
-    `train`: the DPO job's Ref whose training summary the merged record carries."""
-    from ...pipeline import Ref
-
+    merging job. `needs`: the upstream jobs the model needs (its DPO job, the world); `train`:
+    the DPO job's Ref whose training summary the merged record carries."""
     from .evaluate import BENCHMARKS
 
     refs = []
     for b in BENCHMARKS:
-        bh = P.add_stage("mmalign_bench", {"model": model, "seed": seed, "benchmark": b,
-                                           "eval": ecfg}, needs=needs)
-        refs.append(Ref("mmalign_bench", bh))
-    mh = P.add_stage("mmalign_merge", {"model": model, "seed": seed,
-                                       "benchmarks": list(BENCHMARKS),
-                                       "bench_jobs": [r.h for r in refs]},
-                     needs={"records": refs + ([train] if train else [])})
-    return P.output("mmalign_merge", mh)
+        bench = P.add_stage("mmalign_bench", {"model": model, "seed": seed, "benchmark": b,
+                                              "eval": ecfg}, needs=needs)
+        refs.append(bench.ref())
+    return P.add_stage("mmalign_merge", {"model": model, "seed": seed,
+                                         "benchmarks": list(BENCHMARKS),
+                                         "bench_jobs": [r.h for r in refs]},
+                       needs={"records": refs + ([train] if train else [])})
 
 
-def _needs(P, sh, scenes) -> dict:
+def _needs(sft_job, data) -> dict:
     """The world data (where the scenes are the world's) and the SFT base a job reads."""
-    dh = P.hash_of_dir("mmalign_data", scenes) if scenes else None
-    return {"world": P.ref("mmalign_data", dh), "sft": P.ref("mmalign_sft", sh)}
+    return {"world": ref(data), "sft": ref(sft_job)}
 
 
-def bdhs_config(P, scfg, base, sh, pairs, scenes) -> str:
+def bdhs_stage(P, scfg, base, sft_job, data, pairs, scenes):
     b = {k: v for k, v in scfg["bdhs"].items() if k != "gamma"}  # γ only weights the loss
-    return P.add_stage("mmalign_bdhs", {"reference": base, "sft": sh, "pairs": pairs, "bdhs": b,
+    return P.add_stage("mmalign_bdhs", {"reference": base,
+                                        "sft": sft_job.hash if sft_job else None,
+                                        "pairs": pairs, "bdhs": b,
                                         "seed": scfg["bdhs"]["seed"], "scenes": scenes},
-                       needs=_needs(P, sh, scenes))
+                       needs=_needs(sft_job, data))
 
 
-def variant(P, vcfg: dict):
-    base, sh, bench, pairs, scenes = resolved(P, vcfg)
-    gamma = vcfg["bdhs"]["gamma"]
-    bh = bdhs_config(P, vcfg, base, sh, pairs, scenes) if gamma < 1 else None
-    cfg = {"model": {"base": base, "lora": vcfg["model"].get("lora")}, "sft": sh, "bdhs_stage": bh,
-           "bdhs_file": P.output("mmalign_bdhs", bh) if bh else None,
-           "pairs": pairs, "bdhs": {"gamma": gamma}, "mixed_dpo": vcfg["mixed_dpo"],
-           "dpo": vcfg["dpo"], "train": vcfg["train"], "judge": vcfg["judge"], "scenes": scenes,
-           "eval": eval_config(vcfg, bench, scenes, P.results)}
-    if per_benchmark(vcfg):  # the benchmarks run in their own jobs: training ignores them
-        cfg["eval"] = {"jobs": "per_benchmark",
-                       **({"judge_cache": cfg["eval"]["judge_cache"]}
-                          if "judge_cache" in cfg["eval"] else {})}
-    needs = {**_needs(P, sh, scenes), "bdhs": P.ref("mmalign_bdhs", bh)}
-    if not per_benchmark(vcfg):
-        # the base model's evaluation: the job flags a collapse of its answers against it
-        eh = base_eval(P, vcfg, base, sh, bench, scenes)
-        cfg["reference_eval"] = P.output("mmalign_eval", eh)
-        needs["reference"] = P.ref("mmalign_eval", eh)
-    h = P.add_stage("mmalign_dpo", cfg, needs=needs)
-    if not per_benchmark(vcfg):
-        return h, {s: P.output("mmalign_dpo", h, s) for s in P.seeds}
-    ecfg = eval_config(vcfg, bench, scenes, P.results)
-    evals = {}
-    for seed in P.seeds:
-        model = f"{P.stage_dir('mmalign_dpo', h)}/s{seed}/model"
-        dpo = P.ref("mmalign_dpo", h, seed)
-        evals[seed] = benchmark_jobs(P, model, seed, ecfg,
-                                     {**_needs(P, sh, scenes), "model": dpo}, train=dpo)
-    return h, evals
-
-
-def references(P, scfg):
-    """The base model (SFT at tiny scale, LLaVA-1.6 at paper scale) as the reference row."""
-    from ...pipeline import Row
-
-    base, sh, bench, _, scenes = resolved(P, scfg)
-    ecfg = eval_config(scfg, bench, scenes, P.results)
-    label = "base (SFT)" if sh else "base"
-    if per_benchmark(scfg):
-        path = benchmark_jobs(P, base, 0, ecfg, _needs(P, sh, scenes))
-        return [Row(label, None, False, P.job_of(path)[1], {0: path}, kind="reference")]
-    h = base_eval(P, scfg, base, sh, bench, scenes)
-    return [Row(label, None, False, h, {0: P.output("mmalign_eval", h)}, kind="reference")]
-
-
-def base_eval(P, scfg, base, sh, bench, scenes) -> str:
+def base_eval(P, scfg, base, sft_job, data, bench, scenes):
     """The base model's evaluation job (``eval.jobs: per_model``): the reference row."""
     ecfg = eval_config(scfg, bench, scenes, P.results)
-    return P.add_stage("mmalign_eval", {"model": base, "sft": sh, "eval": ecfg},
-                       needs=_needs(P, sh, scenes))
+    return P.add_stage("mmalign_eval", {"model": base, "sft": sft_job.hash if sft_job else None,
+                                        "eval": ecfg},
+                       needs=_needs(sft_job, data))
 
+
+class MMAlign(StudyPipeline):
+    spec = SPEC
+
+    def extra_metrics(self, scfg: dict) -> list:
+        """Informativeness beside the plan's hallucination metrics, at every scale: description
+        length and the share of descriptions naming no object (the Recall-coco descriptions);
+        on the world also MMHal's hallucination rate split by its two question types
+        (descriptions, attribute questions). Every MMHal type's split is in the records at
+        every scale."""
+        extra = ["desc_words", "desc_empty"]
+        if scfg["data"]["source"] == "world":
+            extra += ["mmhalv_holistic", "mmhalv_attribute"]
+        return extra
+
+    def dataset_name(self, scfg: dict, scale: str) -> str:
+        if scfg["data"]["source"] == "world":
+            return ("the synthetic world (world versions of POPE, MMHal, LLaVA-W, MM-Vet, "
+                    "TextVQA, GQA, COCO recall; oracle judge)")
+        from .judge import bench_settings
+
+        j = scfg["judge"]
+        bench = ", ".join(f"{b} {bench_settings(j['bench'], b)['model']}"
+                          for b in ("mmhal", "llavaw", "mmvet"))
+        return "POPE, MMHal-Bench, LLaVA-Bench-in-the-wild, MM-Vet, TextVQA, GQA, COCO " \
+               f"(judges: online pairs {j['rank'].get('model')}; {bench})"
+
+    def validate(self, scfg: dict, where: str) -> None:
+        from .judge import check_config
+
+        check_config(scfg["judge"], f"{where}.judge", scfg["data"]["source"])
+        if scfg["data"]["source"] == "files":
+            data = scfg["data"]
+            if not scfg["model"].get("base"):
+                raise ConfigError(f"{where}.model.base: real data need a base model id or "
+                                  f"directory")
+            for k in ("file", "images"):
+                if not data.get("pairs", {}).get(k):
+                    raise ConfigError(f"{where}.data.pairs.{k}: required with data.source: files")
+            if not scfg["eval"].get("benchmarks"):
+                raise ConfigError(f"{where}.eval.benchmarks: required with data.source: files")
+
+    def training_blocks(self, scfg: dict) -> dict:
+        return {"sft": scfg["sft"], "train": scfg["train"]}
+
+    def label(self, key: str, value, scfg: dict | None = None) -> str:
+        name = "γ" if key == "bdhs.gamma" else "p"
+        return f"{name} = {value:g}" if isinstance(value, (int, float)) else str(value)
+
+    def variant(self, P, vcfg: dict):
+        base, sft_job, data, bench, pairs, scenes = resolved(P, vcfg)
+        sh = sft_job.hash if sft_job else None
+        gamma = vcfg["bdhs"]["gamma"]
+        bdhs = bdhs_stage(P, vcfg, base, sft_job, data, pairs, scenes) if gamma < 1 else None
+        cfg = {"model": {"base": base, "lora": vcfg["model"].get("lora")}, "sft": sh,
+               "bdhs_stage": bdhs.hash if bdhs else None,
+               "bdhs_file": bdhs.output() if bdhs else None,
+               "pairs": pairs, "bdhs": {"gamma": gamma}, "mixed_dpo": vcfg["mixed_dpo"],
+               "dpo": vcfg["dpo"], "train": vcfg["train"], "judge": vcfg["judge"],
+               "scenes": scenes, "eval": eval_config(vcfg, bench, scenes, P.results)}
+        if per_benchmark(vcfg):  # the benchmarks run in their own jobs: training ignores them
+            cfg["eval"] = {"jobs": "per_benchmark",
+                           **({"judge_cache": cfg["eval"]["judge_cache"]}
+                              if "judge_cache" in cfg["eval"] else {})}
+        needs = {**_needs(sft_job, data), "bdhs": ref(bdhs)}
+        if not per_benchmark(vcfg):
+            # the base model's evaluation: the job flags a collapse of its answers against it
+            ev = base_eval(P, vcfg, base, sft_job, data, bench, scenes)
+            cfg["reference_eval"] = ev.output()
+            needs["reference"] = ev.ref()
+        dpo = P.add_stage("mmalign_dpo", cfg, needs=needs)
+        if not per_benchmark(vcfg):
+            return dpo, {s: dpo.output(s) for s in P.seeds}
+        ecfg = eval_config(vcfg, bench, scenes, P.results)
+        evals = {}
+        for seed in P.seeds:
+            model = f"{dpo.dir}/s{seed}/model"
+            evals[seed] = benchmark_jobs(P, model, seed, ecfg,
+                                         {**_needs(sft_job, data), "model": dpo.ref(seed)},
+                                         train=dpo.ref(seed)).output()
+        return dpo, evals
+
+    def references(self, P, scfg):
+        """The base model (SFT at tiny scale, LLaVA-1.6 at paper scale) as the reference row."""
+        from ...pipeline import Row
+
+        base, sft_job, data, bench, _, scenes = resolved(P, scfg)
+        ecfg = eval_config(scfg, bench, scenes, P.results)
+        label = "base (SFT)" if sft_job else "base"
+        if per_benchmark(scfg):
+            merge = benchmark_jobs(P, base, 0, ecfg, _needs(sft_job, data))
+            return [Row(label, None, False, merge.hash, {0: merge.output()}, kind="reference")]
+        ev = base_eval(P, scfg, base, sft_job, data, bench, scenes)
+        return [Row(label, None, False, ev.hash, {0: ev.output()}, kind="reference")]
+
+
+STUDY = MMAlign()

@@ -16,8 +16,9 @@ dotted config key and the file, e.g.
 The world scales (``data.source: world``) read no such files: the check returns at once.
 
 What is not cheap fails at job time naming the file or the endpoint: a judge that is down
-(`check_judge`, before the model loads) or answers what its benchmark's parser does not read
-(`protocols.parse_*`: the benchmark and the question), an image that does not decode.
+(`check_judge` for each role the job needs, before the model loads) or answers what its
+benchmark's script does not read more often than ``judge.bench.max_unparsed`` (the benchmark
+and the count; `judge.EndpointJudge`), an image that does not decode.
 """
 from __future__ import annotations
 
@@ -245,7 +246,7 @@ def check_inputs(block: dict, where: str) -> None:
 
 
 # ---- at job time ------------------------------------------------------------------------------
-def check_judge(jcfg: dict, where: str = "studies.mmalign.judge", timeout: float = 10.0,
+def check_judge(jcfg: dict, where: str = "studies.mmalign.judge.bench", timeout: float = 10.0,
                 tries: int = 3, wait_s: float = 1.0) -> None:
     """The judge endpoint answers (``GET <endpoint>/models``), checked at the start of a job that
     needs it, before its model loads: a judge that is down is a `JudgeError` naming the endpoint

@@ -17,19 +17,30 @@ them (read in the repositories named below; written here, not imported: none is 
   ``scripts/v1_5/eval/{textvqa,gqa}.sh`` question files).
 * MMHal-Bench — llava-rlhf/LLaVA-RLHF ``Eval/eval_gpt_mmhal.py``: its judge template (below,
   `MMHAL_TEMPLATE`) filled with the image contents (comma-joined), question, standard answer and
-  the response; the rating is the one ``rating: k`` (k = 0…6) found in the reply; a reply with
-  none or several is an error here (the script counts it as 0 with a warning); hallucination
-  rate = share of ratings < 3.
+  the response, asked of ``gpt-4-0314`` at temperature 0.0 with no ``max_tokens``; the rating is
+  the one ``rating: k`` (k = 0…6) found in the lower-cased reply; a reply with none or several
+  scores 0 (the script's "multiple or zero scores found" warning), as here; hallucination rate =
+  share of ratings < 3.
 * LLaVA-Bench (in the wild) — LLaVA ``llava/eval/eval_gpt_review_bench.py`` with
   ``llava/eval/table/rule.json`` (``llava_bench_{conv,detail,complex}``): one text-only request
   per question showing the context captions, the question, the reference (GPT-4) answer as
-  Assistant 1 and the model's as Assistant 2; the first line of the reply holds the two 1–10
-  scores; the relative score (``summarize_gpt_review.py``) is 100 · mean(score 2) / mean(score 1).
+  Assistant 1 and the model's as Assistant 2, asked of ``gpt-4-0314`` at temperature 0.2 with
+  ``max_tokens`` 1024 (``--max-tokens``' default); the first line of the reply, commas replaced
+  by spaces and split on single spaces, must be two numbers (``parse_score``), else the pair is
+  ``[-1, -1]``, which ``summarize_gpt_review.py`` averages in like any other: the relative score
+  is 100 · mean(score 2) / mean(score 1) over all questions. Here likewise.
 * MM-Vet — yuweihao/MM-Vet ``mm-vet_evaluator.py``: its few-shot grader prompt followed by
   ``question | ground truth | prediction | `` (``<AND>``/``<OR>`` spaced); the reply's first
-  token is a score in [0, 1]; total = 100 · mean score. The evaluator re-asks up to 5 times
-  on an unparsable reply and then scores 0; here an unparsable reply is an error naming the
-  question.
+  token (``split(" ")[0]``) is a score in [0, 1]; total = 100 · mean score. Asked of
+  ``gpt-4-0613`` (``--gpt_model``' default) at temperature 0.0 with ``max_tokens`` 3. On a reply
+  that does not read, the evaluator re-asks with `MMVET_RETRY` appended, first at the same
+  temperature and then 0.5 higher each time; the replies of re-asks 1–4 are read, the fifth
+  re-ask's is not (the loop stops at ``try_time > 5`` before reading it) and the question scores
+  0.0. Here the same four re-asks (`MMVET_REASK_OFFSETS`); the fifth, whose reply nothing
+  reads, is not sent.
+
+An unparsable reply is scored as each script scores it (`MMHAL_UNPARSED`, `LLAVAW_UNPARSED`,
+`MMVET_UNPARSED`) and counted (``judge_unparsed_<benchmark>``, `judge.EndpointJudge`).
 """
 from __future__ import annotations
 
@@ -240,38 +251,73 @@ def llavaw_request(context, question, reference, response) -> list[dict]:
     return [{"role": "system", "content": LLAVA_BENCH_SYSTEM}, {"role": "user", "content": content}]
 
 
-def mmvet_request(question, gt_answer, response) -> list[dict]:
+MMVET_RETRY = "\nPredict the correctness of the answer (digit): "
+# MM-Vet's re-asks whose replies are read, their temperatures above the request's own (the first
+# at it, then +0.5 each: mm-vet_evaluator.py re-asks, then ``temperature += 0.5``)
+MMVET_REASK_OFFSETS = (0.0, 0.5, 1.0, 1.5)
+
+# the published scores of a reply that does not read
+MMHAL_UNPARSED = 0                  # eval_gpt_mmhal.py: "multiple or zero scores found" -> 0
+LLAVAW_UNPARSED = (-1.0, -1.0)      # eval_gpt_review_bench.py parse_score -> [-1, -1]
+MMVET_UNPARSED = 0.0                # mm-vet_evaluator.py: after the re-asks -> 0.0
+
+
+def mmvet_request(question, gt_answer, response, retry: bool = False) -> list[dict]:
+    """MM-Vet's grading request; `retry`: the evaluator's re-ask (`MMVET_RETRY` appended)."""
     gt = gt_answer.replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
     return [{"role": "user", "content": MMVET_PROMPT + "\n" + " | ".join(
-        [question, gt, response, ""])}]
+        [question, gt, response, ""]) + (MMVET_RETRY if retry else "")}]
 
 
 def _bad(bench, qid, reply, why):
     return DataError(f"{bench}: question {qid}: malformed judge answer ({why}): {reply[:200]!r}")
 
 
-def parse_mmhal(reply: str, bench="mmhal", qid=None) -> int:
+def read_mmhal(reply: str) -> int | None:
+    """The one ``rating: k`` (k = 0–6) in the lower-cased reply; None when none or several."""
     found = [k for k in range(7) if f"rating: {k}" in reply.lower()]
-    if len(found) != 1:
-        raise _bad(bench, qid, reply, f"{'no' if not found else 'several'} 'Rating: k' (k = 0-6)")
-    return found[0]
+    return found[0] if len(found) == 1 else None
+
+
+def read_llavaw(reply: str) -> tuple[float, float] | None:
+    """LLaVA's ``parse_score``: the reply's first line, commas to spaces, split on single spaces,
+    must be exactly two numbers; None otherwise (the script's ``[-1, -1]``)."""
+    sp = reply.split("\n")[0].replace(",", " ").split(" ")
+    if len(sp) != 2:
+        return None
+    try:
+        return float(sp[0]), float(sp[1])
+    except ValueError:
+        return None
+
+
+def read_mmvet(reply: str) -> float | None:
+    """MM-Vet's reading of a grade: ``float(reply.split(" ")[0].strip())`` in [0, 1]; else None."""
+    try:
+        v = float(reply.split(" ")[0].strip())
+    except ValueError:
+        return None
+    return v if 0.0 <= v <= 1.0 else None
+
+
+# strict versions (the judge stand-in's tests: its replies must read)
+def parse_mmhal(reply: str, bench="mmhal", qid=None) -> int:
+    v = read_mmhal(reply)
+    if v is None:
+        n = sum(f"rating: {k}" in reply.lower() for k in range(7))
+        raise _bad(bench, qid, reply, f"{'no' if not n else 'several'} 'Rating: k' (k = 0-6)")
+    return v
 
 
 def parse_llavaw(reply: str, bench="llavaw", qid=None) -> tuple[float, float]:
-    sp = reply.split("\n")[0].replace(",", " ").split()
-    try:
-        if len(sp) != 2:
-            raise ValueError
-        return float(sp[0]), float(sp[1])
-    except ValueError:
-        raise _bad(bench, qid, reply, "the first line must be two scores") from None
+    v = read_llavaw(reply)
+    if v is None:
+        raise _bad(bench, qid, reply, "the first line must be two scores")
+    return v
 
 
 def parse_mmvet(reply: str, bench="mmvet", qid=None) -> float:
-    try:
-        v = float(reply.strip().split(" ")[0].strip())
-    except ValueError:
-        raise _bad(bench, qid, reply, "not a number") from None
-    if not 0.0 <= v <= 1.0:
-        raise _bad(bench, qid, reply, "score outside [0, 1]")
+    v = read_mmvet(reply)
+    if v is None:
+        raise _bad(bench, qid, reply, "not a number in [0, 1]")
     return v

@@ -32,6 +32,8 @@ import numpy as np
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+from ...util import write_atomic
+
 
 def collate_examples(examples: list[dict]) -> dict:
     """The trainer's data collator: the raw examples with their images decoded from the paths
@@ -235,10 +237,8 @@ class BDHSMixedDPOTrainer(DPOTrainer):
                                          for k, e in enumerate(examples)
                                          for o in outs[2 * k:2 * k + 2]])
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"ids": ids, "responses": outs, "scores": scores}))
-                tmp.replace(cache)
+                with write_atomic(cache) as tmp:
+                    tmp.write_text(json.dumps({"ids": ids, "responses": outs, "scores": scores}))
         pairs = []
         eos = self.processing_class.tokenizer.eos_token
         for k, e in enumerate(examples):

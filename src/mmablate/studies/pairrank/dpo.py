@@ -5,7 +5,6 @@ training loop. The objective (shared noise and timestep, the adapters-off refere
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .losses import adapters_off, dpo_loss, dpo_step_losses, per_sample_mse  # noqa: F401 (re-exported)
+from ...util import write_atomic
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -187,19 +187,54 @@ def cache_latents(sel: dict, t2i, cache_dir, seed: int, h, num_workers: int = 0,
         if got != meta["rows"]:
             raise DataError(f"{files[i]}: the selected rows did not stream back in order")
         for s in "wl":
-            tmp = cache_dir / f"{meta['key']}-{s}.tmp.npy"
-            np.save(tmp, np.concatenate(out[s]))
-            os.replace(tmp, cache_dir / f"{meta['key']}-{s}.npy")
-        (cache_dir / f"{meta['key']}.json.tmp").write_text(json.dumps(
-            {**meta, "captions": caps, "model": model_key, "source": str(files[i]),
-             "channels_last": bool(cl)}))
-        os.replace(cache_dir / f"{meta['key']}.json.tmp", cache_dir / f"{meta['key']}.json")
+            with write_atomic(cache_dir / f"{meta['key']}-{s}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, np.concatenate(out[s]))
+        with write_atomic(cache_dir / f"{meta['key']}.json") as tmp:
+            tmp.write_text(json.dumps({**meta, "captions": caps, "model": model_key,
+                                       "source": str(files[i]), "channels_last": bool(cl)}))
     bar.close()
     h.barrier()
     parts = [done(m) for m in todo]
     if any(p is None for p in parts):
         raise DataError(f"{cache_dir}: a latent shard is missing after encoding")
     return LatentPairs(parts, cache_dir, len(idx))
+
+
+def step_draws(h, n_pairs: int, shape, num_train_timesteps: int, seed: int, batch_size: int):
+    """The `diffusion.StepDraws` of a DPO run on harness `h`: one generator (seeded
+    ``seed · 7919``) draws each optimizer step's pair indices, then the noise, then the timesteps
+    of the whole effective batch; ``shape``: one pair's model-space tensor shape."""
+    import torch
+
+    from .diffusion import StepDraws
+
+    g = torch.Generator().manual_seed(seed * 7919)
+    eff = h.settings["effective_batch"]
+
+    def draw(step):
+        idx = torch.randint(0, n_pairs, (eff,), generator=g)
+        noise = torch.randn((eff, *shape), generator=g)
+        t = torch.randint(0, num_train_timesteps, (eff,), generator=g)
+        return idx, {"noise": noise, "t": t}
+
+    return StepDraws(draw, g, batch_size=batch_size, micro_batch=h.micro_batch,
+                     accum=h.accum, rank=h.rank)
+
+
+def make_step(h, t2i, captions, draws, beta: float):
+    """The harness step of Diffusion-DPO: batch = (winners, losers, pair ids) of a micro-batch;
+    its slice of the step's noise and timesteps from ``draws``; the prompts' text states from
+    ``t2i`` (``captions[id]``); the policy is ``h.model`` (the DDP-wrapped `lora_module`)."""
+
+    def step(batch):
+        bw, bl, ids = batch
+        d = draws.take()
+        cond = t2i.text_states([captions[i] for i in ids.tolist()])
+        loss, acc = dpo_step_losses(t2i, bw, bl, cond, beta, noise=d["noise"], t=d["t"],
+                                    policy=h.model)
+        return {"loss": loss, "implicit_acc": acc}
+
+    return step
 
 
 def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int | None = None,
@@ -227,7 +262,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     from ...errors import DataError
     from ...training.harness import Harness, as_is
     from ...training.schedule import make_scheduler
-    from .diffusion import StepDraws, load_t2i
+    from .diffusion import load_t2i
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -248,18 +283,9 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
     pairs = cache_latents(sel, t2i, out_dir / "latents", seed, h, tc.get("num_workers", 0),
                           model_key=cfg["model"], progress=progress)
     params = add_lora(t2i.unet, tc["lora_rank"], tc.get("lora_alpha"))
-    g = torch.Generator().manual_seed(seed * 7919)
-    n_t = t2i.noise_scheduler().config.num_train_timesteps
     eff = h.settings["effective_batch"]
-
-    def draw(step):
-        idx = torch.randint(0, len(pairs), (eff,), generator=g)
-        noise = torch.randn((eff, *pairs.shape), generator=g)
-        t = torch.randint(0, n_t, (eff,), generator=g)
-        return idx, {"noise": noise, "t": t}
-
-    draws = StepDraws(draw, g, batch_size=block["batch_size"], micro_batch=h.micro_batch,
-                      accum=h.accum, rank=h.rank)
+    draws = step_draws(h, len(pairs), pairs.shape, t2i.noise_scheduler().config.num_train_timesteps,
+                       seed, block["batch_size"])
     # checkpoints: the adapters only (`lora_module`), the optimizer, the schedule and the
     # generator's state after the last finished step's draws
     h.setup(lora_module(t2i.unet),
@@ -267,14 +293,7 @@ def train_dpo(cfg: dict, seed: int, out_dir, threads: int = 1, stop_after: int |
             lambda opt: make_scheduler(opt, tc["warmup"], tc["steps"], tc.get("lr_schedule", "cosine")),
             extra_state={"generator": draws.part})
 
-    def step(batch):
-        bw, bl, ids = batch
-        d = draws.take()
-        cond = t2i.text_states([pairs.captions[i] for i in ids.tolist()])
-        loss, acc = dpo_step_losses(t2i, bw, bl, cond, tc["beta"], noise=d["noise"], t=d["t"],
-                                    policy=h.model)
-        return {"loss": loss, "implicit_acc": acc}
-
+    step = make_step(h, t2i, pairs.captions, draws, tc["beta"])
     result = h.fit(step, pairs, collate=as_is, steps=tc["steps"],
                    ckpt_every=tc["ckpt_every"], log_every=tc.get("log_every", 10),
                    order=draws.order, after_step=draws.step_finished,

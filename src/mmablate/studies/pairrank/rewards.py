@@ -27,7 +27,6 @@ kept).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CheckpointError, ConfigError
+from ...util import write_atomic
 
 KINDS = ("pickscore", "hpsv2", "aesthetic", "image_reward")
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's (open_clip OPENAI_DATASET_MEAN/STD)
@@ -482,10 +482,9 @@ def score_pairs(cfg: dict, out, progress: bool = True) -> dict:
                 flush(len(caps))
             ws = np.concatenate(w) if w else np.zeros(0)
             ls = np.concatenate(l) if l else np.zeros(0)
-            tmp = part.with_name(part.stem + ".tmp.npz")
-            np.savez(tmp, winner=ws, loser=ls, n_rows=md.num_rows, n_kept=len(ws),
-                     source_bytes=f.stat().st_size, source=str(f))
-            os.replace(tmp, part)
+            with write_atomic(part) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, winner=ws, loser=ls, n_rows=md.num_rows, n_kept=len(ws),
+                         source_bytes=f.stat().st_size, source=str(f))
         with np.load(part) as z:
             counts.append(int(z["n_kept"]))
             ties += md.num_rows - int(z["n_kept"])

@@ -21,6 +21,9 @@ classification, CLIPScore and embedding arithmetic, for the base model or a fine
   image(A) − text(phrase of A's object) + text(phrase of B's object) must retrieve B (top-1)
   from the gallery of every such pair's A and B images. Chance 100/(2N).
 
+* ``eval.benchmarks`` (paper scale): the authors' own zero-shot and difference-based
+  classification datasets, one column each (`benchmarks`).
+
 The evaluation pairs' image embeddings: for a model whose image tower was not trained (the base
 model, text-encoder-only variants) they are the base model's, read from the `embed_pairs` file
 (``--embed``) instead of being recomputed; otherwise each distinct image is read through a
@@ -222,6 +225,14 @@ def evaluate(cfg: dict, base: str | None, finetuned: str | None, world_root: str
                          preload=False, limit_per_class=ev.get("limit_per_class"))
     metrics["zeroshot_acc"] = zeroshot(model, tok, ds, ev["templates"], batch, workers, progress)
     chance["zeroshot_acc"] = 100.0 / len(ds.classnames)
-    return metrics, chance, {"diff_acc_by_attribute": by_attr, "n_eval_pairs": len(rows),
-                             "eval_image_embeddings": "cached" if embeddings else "computed",
-                             "device": str(dev)}
+    extra = {"diff_acc_by_attribute": by_attr, "n_eval_pairs": len(rows),
+             "eval_image_embeddings": "cached" if embeddings else "computed", "device": str(dev)}
+    if ev.get("benchmarks"):  # the authors' own datasets (paper scale, rehearsal)
+        from .benchmarks import run
+
+        m, c, x = run(model, tok, combine, preprocess, ev["benchmarks"], batch, workers,
+                      progress)
+        metrics.update(m)
+        chance.update(c)
+        extra.update(x)
+    return metrics, chance, extra

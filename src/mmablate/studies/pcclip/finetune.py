@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError, DataError
 from ...training.schedule import make_scheduler, set_threads
+from ...util import write_atomic
 
 
 def load_clip(model_cfg: dict, weights: str | None):
@@ -149,10 +150,8 @@ def embed_pairs(cfg: dict, base: str | None, out, threads: int = 1, progress: bo
     out_obj = {"a": rows_of(train, "image_a"), "b": rows_of(train, "image_b"),
                "eval_a": rows_of(ev, "image_a"), "eval_b": rows_of(ev, "image_b"),
                "n": len(train), "n_eval": len(ev), "pairs": cfg["pairs"]}  # on the CPU: loads anywhere
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(out) + ".tmp")
-    torch.save(out_obj, tmp)
-    tmp.replace(out)
+    with write_atomic(out) as tmp:
+        torch.save(out_obj, tmp)
     return {"n": len(train), "n_eval": len(ev), "images": len(paths), "dim": int(emb.shape[1]),
             "device": str(torch_device()), "wall_s": round(time.time() - t0, 2)}
 
@@ -275,6 +274,25 @@ def whole_set_batch(n_kept: int, world: int, where) -> int:
     return n
 
 
+def make_step(h, loss_fn, logit_scale):
+    """The harness step (``group=True``) of the finetuning, over ``h.model`` = {"model": the
+    `_towers` module, "combine": the `Combine` head}: the combined image vectors and the caption
+    embeddings of all ranks gathered with gradients, cached-feature accumulation over the step's
+    micro-batches (`accum_features`); ``logit_scale``: the CLIP's (log) logit-scale parameter."""
+    from ...training.harness import accum_features
+
+    def features(batch):
+        fa, fb, t = h.model["model"](*batch)
+        v = h.model["combine"](fa, fb)
+        return (h.gather(v), h.gather(t)), logit_scale.exp().float()
+
+    def step(micro, backward):
+        return accum_features(micro, backward, features,
+                              lambda f, scale: {"loss": loss_fn(f[0], f[1], scale)})
+
+    return step
+
+
 def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: str | None, out,
              threads: int = 1, stop_after: int | None = None, progress: bool = True) -> dict:
     """On the training harness (`mmablate.training.harness`): N ranks gather the combined image
@@ -283,7 +301,7 @@ def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: s
     open_clip_train's ``accum_freq`` (cached features, the loss over the whole effective batch)."""
     import torch
 
-    from ...training.harness import Harness, Tensors, accum_features
+    from ...training.harness import Harness, Tensors
     from .data import read_captions, read_pairs
     from .losses import Combine, PairLoss
 
@@ -330,15 +348,7 @@ def finetune(cfg: dict, seed: int, base: str | None, captions_csv, embeddings: s
     h.setup({"model": _towers(model, text_only), "combine": combine}, make_optimizer,
             make_schedule_for(fc, steps, per_epoch))
 
-    def features(batch):
-        fa, fb, t = h.model["model"](*batch)
-        v = h.model["combine"](fa, fb)
-        return (h.gather(v), h.gather(t)), model.logit_scale.exp().float()
-
-    def step(micro, backward):
-        return accum_features(micro, backward, features,
-                              lambda f, scale: {"loss": loss_fn(f[0], f[1], scale)})
-
+    step = make_step(h, loss_fn, model.logit_scale)
     result = h.fit(step, data, steps=steps, ckpt_every=fc["ckpt_every"],
                    log_every=fc.get("log_every", 10), group=True, columns=["step", "lr", "loss"],
                    summary={"pairs": len(keep), "steps_per_epoch": per_epoch,

@@ -4,7 +4,8 @@ Cheap only: COCO's caption file has COCO's top-level shape (``images`` and ``ann
 lists; parsed in full up to `FULL_PARSE_BYTES`, a larger one only has its first byte looked
 at) and its first image is in the image folder; the evaluation-pair CSV's header and first
 ``eval`` row; each captioner's model folder holds a config, weights and a tokenizer (a chat
-template where ``chat: true``); the base CLIP's checkpoint file; ImageNet val's folders.
+template where ``chat: true``); the base CLIP's checkpoint file; ImageNet val's folders; each
+``eval.benchmarks`` dataset root and the files its loader opens first (`BENCH_FILES`).
 
 Errors name the config file(s) (`where`), the dotted key and the file, e.g.
 ``<files>: studies.pcclip.pairs.captions_json: coco/annotations/captions_train2017.json:
@@ -129,6 +130,47 @@ def check_model_folder(src: str, key: str, where: str, chat: bool = False) -> No
                                       "\"chat_template\")")
 
 
+#: per benchmark dataset: the files / folders under its root that its loader reads (the layouts
+#: of mmablate.studies.pcclip.benchmarks)
+BENCH_FILES = {
+    "cifar10": ("cifar-10-batches-py/test_batch", "cifar-10-batches-py/batches.meta"),
+    "cifar100": ("cifar-100-python/test", "cifar-100-python/meta"),
+    "eurosat": ("eurosat/2750",),
+    "sun397": ("SUN397/ClassName.txt",),
+    "flowers": ("flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"),
+    "cub": ("classes.txt", "images.txt", "train_test_split.txt", "images"),
+    "awa2": ("classes.txt", "testclasses.txt", "predicates.txt", "predicate-matrix-binary.txt",
+             "JPEGImages"),
+}
+
+
+def check_benchmarks(b: dict, where: str) -> None:
+    """Each dataset the benchmarks read: its root and the files its loader opens first (CUB's
+    difference task also its attribute files)."""
+    from .benchmarks import DIFF_DATASET, DIFFERENCE, ZEROSHOT
+
+    diff = list(b.get("difference", DIFFERENCE))
+    names = dict.fromkeys(list(b.get("zeroshot", ZEROSHOT)) + [DIFF_DATASET[t] for t in diff])
+    for name in names:
+        key = f"{KEY}.eval.benchmarks.roots.{name}"
+        root = Path((b.get("roots") or {}).get(name) or "")
+        if not root.is_dir():
+            raise _err(where, key, root, "dataset root is not a directory")
+        need = list(BENCH_FILES[name])
+        if name == "cub" and "cub" in diff:
+            need.append("attributes/class_attribute_labels_continuous.txt")
+        for f in need:
+            if not (root / f).exists():
+                raise _err(where, key, root, f"has no {f} (the {name} layout the benchmarks read)")
+        if name == "cub" and "cub" in diff and not (root / "attributes" / "attributes.txt").is_file() \
+                and not (root.parent / "attributes.txt").is_file():
+            raise _err(where, key, root, "no attributes.txt (in attributes/ or beside the folder, "
+                                         "as the CUB_200_2011 archive has it)")
+    fl = b.get("flowers_classnames")
+    if fl and not Path(fl).is_file():
+        raise _err(where, f"{KEY}.eval.benchmarks.flowers_classnames", fl, "not found")
+
+
 def check_inputs(block: dict, where: str) -> None:
     """PC-CLIP's paper inputs (``pairs.source: coco``, a pretrained base); silent for the
     world."""
@@ -154,6 +196,8 @@ def check_inputs(block: dict, where: str) -> None:
         if not Path(pre).is_file():  # a file path, not an open_clip tag
             raise _err(where, f"{KEY}.base.model.pretrained", pre, "checkpoint file not found")
     ev = block.get("eval") or {}
+    if ev.get("benchmarks"):
+        check_benchmarks(ev["benchmarks"], where)
     root = ev.get("classify_root")
     if root:
         imagenet = ev.get("class_source", "files") == "imagenet1k"

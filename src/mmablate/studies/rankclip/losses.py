@@ -71,9 +71,11 @@ import math
 
 import torch
 
-from .losses_meta import DECAY_LABELS, SCALES  # noqa: F401  (re-exported)
+# loss.scale: how the ranking term enters the objective (module docstring)
+SCALES = ("paper", "authors_code")
 
-# µ(k) for k = 1..n; names are the config values the decay ablation uses.
+# µ(k) for k = 1..n; the names are the values of the `decay` part in studies/spec.py (which holds
+# their table labels and how plans name them).
 DECAYS = {
     "constant": lambda k: torch.ones_like(k),
     "inv_k": lambda k: 1.0 / k,
