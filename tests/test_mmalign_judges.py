@@ -107,10 +107,6 @@ def test_the_old_single_judge_block_is_refused_saying_what_to_write(old, tmp_pat
 def test_judge_config_errors_name_the_key():
     j = endpoint_judge_cfg("http://x/v1")
     bad = copy.deepcopy(j)
-    bad["bench"]["max_unparsed"] = 1.5
-    with pytest.raises(ConfigError, match=r"studies.mmalign.judge.bench.max_unparsed: a share"):
-        check_config(bad)
-    bad = copy.deepcopy(j)
     bad["bench"]["mmvet"]["model"] = None
     with pytest.raises(ConfigError, match=r"judge.bench.mmvet.model: not set"):
         check_config(bad)
@@ -229,3 +225,16 @@ def test_cache_is_keyed_by_each_roles_model_and_temperature(tmp_path):
         assert run(lambda c: c["bench"].update(model="one-for-all")) == (2, 0)
         assert run() == (0, 0)
     assert {b["model"] for b in s.bodies} >= {"another-ranker", "gpt-4o", "one-for-all"}
+
+
+def test_a_share_past_one_is_the_schemas_error_naming_the_key(tmp_path):
+    import yaml
+
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text(yaml.safe_dump({"studies": {"mmalign": {"judge": {"bench": {
+        "max_unparsed": 1.5}}}}}))
+    files = [REPO / f for f in PAPER] + [overlay]
+    c = with_ablations(load(files))
+    with pytest.raises(ConfigError) as e:
+        Pipeline(c, [str(f) for f in files], write=False)
+    assert "judge.bench.max_unparsed" in str(e.value) and str(overlay) in str(e.value)

@@ -134,21 +134,21 @@ def test_table_columns_name_their_datasets():
     from mmablate.studies.pcclip import pipeline as P
 
     scfg = {"eval": {"benchmarks": {"roots": {}}}}
-    cols = P.table_metrics(scfg, ["diff_acc", "zeroshot_acc", "clipscore"])
+    cols = P.STUDY.table_metrics(scfg, ["diff_acc", "zeroshot_acc", "clipscore"])
     assert cols == ["diff_acc_awa2_size", "diff_acc_cub", "diff_acc_cifar100_size",
                     "diff_acc_flowers_color", "diff_acc", "zeroshot_acc_cifar10",
                     "zeroshot_acc_cifar100", "zeroshot_acc_awa2", "zeroshot_acc_eurosat",
                     "zeroshot_acc_sun397", "zeroshot_acc_cub", "zeroshot_acc_flowers",
                     "zeroshot_acc", "clipscore"]
-    assert P.METRICS["zeroshot_acc_cifar100"]["label"] == "Zero-shot Top-1 (CIFAR-100)"
-    assert P.METRICS["diff_acc_awa2_size"]["label"] == "Difference-based Classification (AwA2 size)"
-    labels = P.metric_labels(scfg, "paper")
+    assert P.STUDY.METRICS["zeroshot_acc_cifar100"]["label"] == "Zero-shot Top-1 (CIFAR-100)"
+    assert P.STUDY.METRICS["diff_acc_awa2_size"]["label"] == "Difference-based Classification (AwA2 size)"
+    labels = P.STUDY.metric_labels(scfg, "paper")
     assert labels["diff_acc"].endswith("(COCO pairs)") and labels["zeroshot_acc"].endswith(
         "(ImageNet-1K)")
     # without benchmarks (the world): unchanged
-    assert P.table_metrics({"eval": {}}, ["diff_acc", "zeroshot_acc"]) == ["diff_acc",
+    assert P.STUDY.table_metrics({"eval": {}}, ["diff_acc", "zeroshot_acc"]) == ["diff_acc",
                                                                          "zeroshot_acc"]
-    assert P.metric_labels({"eval": {}}, "tiny") == {}
+    assert P.STUDY.metric_labels({"eval": {}}, "tiny") == {}
 
 
 def test_paper_yaml_benchmarks_and_validation():
@@ -168,7 +168,7 @@ def test_paper_yaml_benchmarks_and_validation():
     scfg = copy.deepcopy(merged["studies"]["pcclip"])
     del scfg["eval"]["benchmarks"]["roots"]["sun397"]
     with pytest.raises(ConfigError, match="eval.benchmarks.roots.sun397"):
-        P.validate({**scfg, "ablations": []}, "paper.yaml: studies.pcclip")
+        P.STUDY.validate({**scfg, "ablations": []}, "paper.yaml: studies.pcclip")
 
 
 def test_preflight_names_missing_root_and_file(roots, tmp_path):

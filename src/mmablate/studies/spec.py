@@ -160,6 +160,14 @@ RANKCLIP = Study(
     ),
 )
 
+# PC-CLIP's own evaluation (dsam99/pc_clip run.py): zero-shot classification datasets and
+# difference-based classification tasks, id → the name its table column gives; one column each
+# where the paper scale sets eval.benchmarks (mmablate.studies.pcclip.benchmarks reads them)
+PCCLIP_ZEROSHOT = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "awa2": "AwA2",
+                   "eurosat": "EuroSAT", "sun397": "SUN397", "cub": "CUB", "flowers": "Flowers102"}
+PCCLIP_DIFFERENCE = {"awa2_size": "AwA2 size", "cub": "CUB", "cifar100_size": "CIFAR-100 size",
+                     "flowers_color": "Flowers102 colour"}
+
 PCCLIP = Study(
     id="pcclip",
     title="Finetuning CLIP to Reason about Pairwise Differences (PC-CLIP)",
@@ -227,6 +235,10 @@ PCCLIP = Study(
         Metric("clipscore", "CLIPScore", "", True, ("clipscore", "clip score")),
         Metric("arithmetic_acc", "Embedding Arithmetic Top-1", "%", True,
                ("embedding arithmetic", "arithmetic")),
+        *(Metric(f"zeroshot_acc_{k}", f"Zero-shot Top-1 ({n})", "%", True)
+          for k, n in PCCLIP_ZEROSHOT.items()),
+        *(Metric(f"diff_acc_{k}", f"Difference-based Classification ({n})", "%", True)
+          for k, n in PCCLIP_DIFFERENCE.items()),
     ),
     stages={
         "pcclip_pairs": "pcclip/pairs/{h}/pairs.csv",

@@ -133,7 +133,7 @@ class MMAlign(StudyPipeline):
         if scfg["data"]["source"] == "world":
             return ("the synthetic world (world versions of POPE, MMHal, LLaVA-W, MM-Vet, "
                     "TextVQA, GQA, COCO recall; oracle judge)")
-        from .judge import bench_settings
+        from .judge_config import bench_settings
 
         j = scfg["judge"]
         bench = ", ".join(f"{b} {bench_settings(j['bench'], b)['model']}"
@@ -142,7 +142,7 @@ class MMAlign(StudyPipeline):
                f"(judges: online pairs {j['rank'].get('model')}; {bench})"
 
     def validate(self, scfg: dict, where: str) -> None:
-        from .judge import check_config
+        from .judge_config import check_config
 
         check_config(scfg["judge"], f"{where}.judge", scfg["data"]["source"])
         if scfg["data"]["source"] == "files":

@@ -67,17 +67,14 @@ import math
 from pathlib import Path
 
 from ...errors import ConfigError, DataError
+from ..spec import PCCLIP_DIFFERENCE, PCCLIP_ZEROSHOT
 
 SOURCE = "dsam99/pc_clip@f36814eb778f9e63fa367dadb5416a654d11de6d"
 TEMPLATE = "This is a photo of a {label}"
-ZEROSHOT = ("cifar10", "cifar100", "awa2", "eurosat", "sun397", "cub", "flowers")
-DIFFERENCE = ("awa2_size", "cub", "cifar100_size", "flowers_color")
+NAMES, DIFF_NAMES = PCCLIP_ZEROSHOT, PCCLIP_DIFFERENCE  # id → the name its column gives
+ZEROSHOT, DIFFERENCE = tuple(NAMES), tuple(DIFF_NAMES)
 DIFF_DATASET = {"awa2_size": "awa2", "cub": "cub", "cifar100_size": "cifar100",
                 "flowers_color": "flowers"}
-NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "awa2": "AwA2", "eurosat": "EuroSAT",
-         "sun397": "SUN397", "cub": "CUB", "flowers": "Flowers102"}
-DIFF_NAMES = {"awa2_size": "AwA2 size", "cub": "CUB", "cifar100_size": "CIFAR-100 size",
-              "flowers_color": "Flowers102 colour"}
 FLOWERS_NAMES = Path(__file__).parent / "resources" / "flowers102_classnames.txt"
 
 # the authors' texts (data/dataset.py), verbatim
@@ -102,15 +99,6 @@ def zeroshot_id(name: str) -> str:
 
 def diff_id(task: str) -> str:
     return f"diff_acc_{task}"
-
-
-def metric_records() -> dict:
-    """The per-dataset table columns (`pipeline.METRICS` entries)."""
-    out = {zeroshot_id(n): {"label": f"Zero-shot Top-1 ({NAMES[n]})", "unit": "%",
-                            "higher_is_better": True} for n in ZEROSHOT}
-    out.update({diff_id(t): {"label": f"Difference-based Classification ({DIFF_NAMES[t]})",
-                             "unit": "%", "higher_is_better": True} for t in DIFFERENCE})
-    return out
 
 
 # ---- datasets -----------------------------------------------------------------------------------

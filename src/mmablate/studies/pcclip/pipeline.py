@@ -103,12 +103,6 @@ def eval_stage(P, scfg: dict, finetune, embed=None) -> dict:
 class PCCLIP(StudyPipeline):
     spec = SPEC
 
-    @property
-    def METRICS(self) -> dict:
-        """The plan's metrics and, where eval.benchmarks is set, one column per dataset of the
-        authors' evaluation (benchmarks.py)."""
-        return {**SPEC.metric_records, **_bench.metric_records()}
-
     def table_metrics(self, scfg: dict, metrics: list) -> list:
         """With ``eval.benchmarks`` (paper scale), a plan's difference-based and zero-shot
         classification become one column per dataset of the authors' (each column naming it),
