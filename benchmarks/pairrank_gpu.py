@@ -158,7 +158,7 @@ def bench_score(a):
             return mlp(vl.encode_image(clip_pixels(im, 224).to(dev), normalize=True).float()).squeeze(1).cpu().numpy()
 
         models["aesthetic (ViT-L-14 + MLP)"] = aes
-    from tests.test_pairrank_paper import standin_state  # THUDM's key layout, random values
+    from tests.test_pairrank_paper_path import standin_state  # THUDM's key layout, random values
 
     if a.smoke:
         ir = build(standin_state(30524))

@@ -144,7 +144,7 @@ def test_oracle_judge_needs_the_scene(world):
 
 def test_endpoint_judge_against_a_local_openai_compatible_stand_in(world):
     """The online-pair judge speaks the chat-completions API with the image; a local server
-    stands in (the benchmark judges: tests/test_mmalign_protocols.py)."""
+    stands in (the benchmark judges: tests/test_mmalign_benchmarks.py)."""
     d, _ = world
     seen = []
 

@@ -66,8 +66,8 @@ Not used under SLURM or any non-local executor, nor with ``--sdm conda`` (the jo
 differs from the server's). The ranks of an ``mmablate launch`` job run through the server too:
 torchrun starts each rank's ``python -m mmablate`` as always, and that process is a client whose
 worker (environment: the rank's ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``…) trains as a fresh rank
-would (the same weights, bit for bit: tests/test_launch.py); a 2-rank training job then costs
-no import (measured on a rehearsal RankCLIP job: 10 s of CPU instead of 39 s, the rank imports
+would (the same weights, bit for bit: tests/test_e2e_launch_torchrun.py); a 2-rank training job
+then costs no import (measured on a rehearsal RankCLIP job: 10 s of CPU instead of 39 s, the rank imports
 being ~14 s each). A rank's resource use counts towards its launch job's benchmark file.
 """
 from __future__ import annotations

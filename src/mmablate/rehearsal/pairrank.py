@@ -25,7 +25,8 @@ Written under ``<out>`` (paper.yaml's ``/datasets/...`` and ``/models/...`` mirr
 
 Tokenizers are built offline: the CLIP tokenizers from the BPE file open_clip ships (the real
 CLIP vocabulary, 49,408 ids), BERT's from a word list. The builders here are also the tests'
-stand-ins (tests/test_pairrank_paper.py, test_pairrank_units.py, test_rehearsal_pairrank.py).
+stand-ins (tests/test_pairrank_paper_path.py, test_pairrank_stages.py,
+test_rehearsal_assets_pairrank.py).
 """
 from __future__ import annotations
 

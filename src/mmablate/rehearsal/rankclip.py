@@ -12,7 +12,7 @@
   miniature of open_clip's RN50 (its ``ModifiedResNet`` image tower, a one-layer text
   transformer over open_clip's own 49,408-token BPE vocabulary, so ``tokenizer: open_clip`` is
   the paper's); RankCLIP trains from scratch, so there are no weights to ship.
-  ``tests/test_rehearsal_clip.py`` holds the overlay's block equal to `RN50_MINI`.
+  ``tests/test_rehearsal_assets_clip.py`` holds the overlay's block equal to `RN50_MINI`.
 
 ImageNet-1K val (the evaluation) is `mmablate.rehearsal.imagenet`'s, shared with PC-CLIP.
 """

@@ -9,7 +9,7 @@ from mmablate.training import harness as H
 
 def test_config_errors_name_the_key():
     """What the schema cannot say (its types and ranges of every harness key:
-    tests/test_config_strict.py): the accumulation must divide."""
+    tests/test_config_schema.py): the accumulation must divide."""
     with pytest.raises(ConfigError,
                        match=r"t\.effective_batch: 12 is not a multiple of t\.batch_size 8"):
         H.check({"batch_size": 8, "effective_batch": 12}, "t")

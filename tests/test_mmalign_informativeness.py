@@ -297,7 +297,7 @@ def test_dpo_jobs_read_the_base_evaluation_and_tables_show_informativeness():
     """Each tiny DPO job flags a collapse against the SFT base's evaluation (its input), and
     every mmalign table carries the informativeness columns beside the plan's metrics."""
     from mmablate.pipeline import Pipeline
-    from .test_mmalign_pipeline import ONLY, cfg
+    from .test_e2e_mmalign_pipeline import ONLY, cfg
 
     P = Pipeline(cfg(ONLY), write=False)
     (eh,) = P.stages["mmalign_eval"]

@@ -225,7 +225,7 @@ def test_trl_settings_route_the_shared_training_keys():
         trl_settings({**base, "effective_batch": 24}, "studies.mmalign.train", cuda=False)
     with pytest.raises(ConfigError, match=r"x\.batch_size: 16 does not split over 3 processes"):
         trl_settings(base, "x", cuda=False, world_size=3)
-    # max_grad_norm: 0 is the schema's error (tests/test_config_strict.py ISSUE_OVERLAYS)
+    # max_grad_norm: 0 is the schema's error (tests/test_config_schema.py ISSUE_OVERLAYS)
 
 
 def test_mixture_draws_of_micro_batches_are_the_full_batch_draws(setup):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from .conftest import REPO
-from .test_pairrank_units import sd_dir, sd_dpo_stage, world  # noqa: F401 (fixtures)
+from .test_pairrank_stages import sd_dir, sd_dpo_stage, world  # noqa: F401 (fixtures)
 
 
 def _read(path):
@@ -42,7 +42,7 @@ def test_two_process_diffusion_dpo_logs_the_losses_of_one(tmp_path, sd_dir, worl
     # agree to 1e-3, not closer: Adam's first update is ±lr on every element with a nonzero
     # gradient, so an element whose gradient is rounding noise may move the other way, and
     # β = 5000 magnifies the change in the loss (in one process, k micro-batches reproduce the
-    # gradient of one batch to 1e-4: test_pairrank_units' accumulation test)
+    # gradient of one batch to 1e-4: test_pairrank_stages' accumulation test)
     assert abs(a["loss"][0] - b["loss"][0]) <= 1e-6 * abs(a["loss"][0])
     rel = ((a["loss"] - b["loss"]).abs() / a["loss"].abs()).max()
     assert rel <= 1e-3, rel
