@@ -1,5 +1,6 @@
 """A toy regression trained on the harness (the standard step path), run by
-test_e2e_launch_torchrun in one process or under torchrun: ``python harness_toy.py OUT BATCH EFFECTIVE``."""
+test_e2e_launch_torchrun in one process or under torchrun:
+``python harness_toy.py OUT BATCH EFFECTIVE``."""
 import sys
 
 import torch
