@@ -21,7 +21,7 @@ try:
 except MMAblateError as _e:  # a config error: the message names file(s) and key; no traceback
     print(f"error: {_e}", file=sys.stderr)
     sys.exit(1)
-for _note in P.notes:  # plans skipped (study disabled / not in this checkout) or overridden
+for _note in P.notes:  # plans skipped (study disabled) or overridden
     print(f"mmablate: {_note}", file=sys.stderr)
 R = P.results
 ENV = "../../envs/mmablate.yaml"
