@@ -40,11 +40,15 @@ def cluster():
 
 
 def gpu_rules() -> set:
-    """Rules that declare `gpu=GPU` in workflow/rules/*.smk (every study's training rules)."""
+    """Rules whose resources declare a GPU: `compute_resources("<command>")` adds gpu=GPU when
+    the command is a GPU stage (mmablate.imports.claims_gpu; workflow/rules/common.smk)."""
+    from mmablate.imports import claims_gpu
+
     out = set()
     for f in (REPO / "workflow/rules").glob("*.smk"):
         for block in re.split(r"^rule ", f.read_text(), flags=re.M)[1:]:
-            if re.search(r"\bgpu\s*=\s*GPU\b", block):
+            m = re.search(r'compute_resources\("([a-z0-9-]+)"\)', block)
+            if m and claims_gpu(m.group(1)):
                 out.add(block.split(":", 1)[0].strip())
     return out
 
